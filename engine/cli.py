@@ -1,0 +1,42 @@
+"""`python -m engine COMMAND ...`: one module per subcommand under `engine/commands/`.
+
+Each command module defines `HELP` (one line), `add_arguments(parser)` and `main(args) -> int`, and
+imports anything heavy (numba, a backend, the server stack) inside `main`, so `--help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command name -> module; a registry rather than an if-chain
+COMMANDS = {
+    "inspect": "engine.commands.inspect",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m engine", description="Run GGUF models the way llama.cpp does.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module in COMMANDS.items():
+        mod = importlib.import_module(module)
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.set_defaults(_module=mod)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args._module.main(args) or 0
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `python -m engine inspect m.gguf | head`
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

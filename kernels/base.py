@@ -1,0 +1,65 @@
+"""The backend protocol: the few operations a model's forward pass needs.
+
+A model never imports a backend; it calls these methods on whatever backend the engine picked.
+Arrays are backend arrays (NumPy for the CPU backends, CuPy/OpenCL buffers for GPU ones);
+`to_numpy` brings one back. Shapes follow ggml's conventions, written NumPy-style:
+
+    x:       (n_tok, n_in)  float32 activations (a 1-D (n_in,) vector is accepted for decode)
+    weight:  QTensor (n_out, n_in) in GGML block layout, as `upload` returned it
+    experts: QTensor (n_expert, n_out, n_in); `ids` (n_tok, n_used) int32 picks experts per token
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class RopeParams:
+    """Rotary embedding as ggml_rope_ext computes it (see shared formats.md §3.2).
+
+    mode "normal" rotates adjacent pairs (x[2i], x[2i+1]) (llama); "neox" rotates (x[i], x[i+n/2])
+    (gemma, gpt-oss, qwen). The YaRN fields are inert at their defaults (ext_factor 0, attn_factor 1).
+    """
+
+    n_dims: int                 # rotated dimensions per head (<= head_dim)
+    freq_base: float = 10000.0
+    freq_scale: float = 1.0     # 1 / rope.scaling.factor for linear / YaRN scaling
+    mode: str = "normal"        # "normal" | "neox"
+    ext_factor: float = 0.0     # YaRN extrapolation mix (1.0 when YaRN is on)
+    attn_factor: float = 1.0    # YaRN magnitude scale
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    n_ctx_orig: int = 0         # rope.scaling.original_context_length
+    freq_factors: np.ndarray | None = None  # (n_dims/2,) f32 `rope_freqs` (llama 3), divides theta
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+    n_threads: int
+
+    # --- weights and transfers
+    def upload(self, t) -> Any: ...
+    def asarray(self, x: np.ndarray) -> Any: ...
+    def to_numpy(self, x) -> np.ndarray: ...
+
+    # --- products with quantized weights (y = x @ W.T)
+    def matmul(self, x, w) -> Any: ...                      # (n_tok, n_in) x (n_out, n_in) -> (n_tok, n_out)
+    def matmul_experts(self, x, w, ids) -> Any: ...         # (n_tok, n_in|n_used*n_in) -> (n_tok, n_used, n_out)
+    def get_rows(self, w, ids) -> Any: ...                  # embedding lookup -> (len(ids), n_in) f32
+
+    # --- elementwise and attention
+    def rms_norm(self, x, weight, eps: float) -> Any: ...   # weight None: plain normalisation
+    def rope(self, x, positions, p: RopeParams) -> Any: ... # x (n_tok, n_head, head_dim)
+    def softmax(self, x) -> Any: ...                        # over the last axis
+    def silu(self, x) -> Any: ...
+    def gelu(self, x) -> Any: ...                           # tanh approximation, as ggml_gelu
+    def attention(self, q, k, v, q_pos, *, scale: float, window: int = 0, sinks=None, kv_pos=None) -> Any: ...
+
+
+class KernelError(RuntimeError):
+    """A backend could not run an operation (unsupported type on that backend, failed kernel build)."""

@@ -1,0 +1,51 @@
+"""NumPy reference backend: simple, slow, obviously right. Every other backend is tested against it.
+
+Products dequantize the weight with `quant` (the single source of truth for layouts) and multiply in
+float32; elementwise ops and attention come from `kernels.ops_numpy`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from quant import QTensor
+
+from .ops_numpy import NumpyOps
+
+
+class NumpyBackend(NumpyOps):
+    name = "numpy"
+
+    def __init__(self, n_threads: int | None = None):
+        self.n_threads = n_threads or 1
+
+    def upload(self, t: QTensor) -> QTensor:
+        return t
+
+    def asarray(self, x) -> np.ndarray:
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def to_numpy(self, x) -> np.ndarray:
+        return np.asarray(x)
+
+    def matmul(self, x: np.ndarray, w: QTensor) -> np.ndarray:
+        # x: (n_tok, n_in) or (n_in,) f32; w: (n_out, n_in) -> (n_tok, n_out) or (n_out,)
+        return np.asarray(x, np.float32) @ w.dequantize().T
+
+    def matmul_experts(self, x: np.ndarray, w: QTensor, ids: np.ndarray) -> np.ndarray:
+        # x: (n_tok, n_in) shared by all chosen experts, or (n_tok, n_used, n_in) one row per expert
+        # w: (n_expert, n_out, n_in); ids: (n_tok, n_used) -> (n_tok, n_used, n_out)
+        ids = np.asarray(ids)
+        n_tok, n_used = ids.shape
+        x = np.asarray(x, np.float32)
+        if x.ndim == 2:
+            x = np.broadcast_to(x[:, None, :], (n_tok, n_used, x.shape[-1]))
+        out = np.empty((n_tok, n_used, w.shape[1]), np.float32)
+        for e in np.unique(ids):
+            we = QTensor.from_buffer(w.qtype, w.shape[1:], w.data[e]).dequantize()
+            t, u = np.nonzero(ids == e)
+            out[t, u] = x[t, u] @ we.T
+        return out
+
+    def get_rows(self, w: QTensor, ids) -> np.ndarray:
+        return w.dequantize_rows(np.asarray(ids))

