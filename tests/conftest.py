@@ -43,3 +43,15 @@ def gemma3_path() -> Path:
 @pytest.fixture(scope="session", params=["smollm2", "gemma3"])
 def real_model_path(request) -> Path:
     return _model(fetch_test_models.SMOLLM2 if request.param == "smollm2" else fetch_test_models.GEMMA3)
+
+
+@pytest.fixture(scope="session")
+def llama_cpp():
+    """llama-cpp-python, the reference implementation (a test-only dependency, built by .ci/run)."""
+    try:
+        import llama_cpp as mod
+    except ImportError:
+        if REQUIRE_MODELS:
+            pytest.fail("llama-cpp-python is not installed (see .ci/run)")
+        pytest.skip("llama-cpp-python is not installed")
+    return mod

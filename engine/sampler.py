@@ -1,0 +1,680 @@
+"""llama.cpp's sampler chain in NumPy, plus stop-string matching for the generation loop.
+
+Sources: `common/sampling.cpp` (`common_sampler_init`: which samplers, in which order), `common/common.h`
+(`common_params_sampling` defaults and the default order), `src/llama-sampling.cpp` (each sampler).
+
+The chain that `Sampler.sample` runs, exactly as `common_sampler_init` builds it:
+
+    logit-bias -> [params.samplers, default: penalties; dry; top-n-sigma; top-k; typical; top-p;
+                   min-p; xtc; temperature (temp-ext)] -> dist
+
+or, with `mirostat` 1/2: logit-bias -> temp -> mirostat(-v2). Every sampler keeps llama.cpp's
+quirks: where it computes a softmax, whether it sorts the candidates, when it keeps `min_keep`
+tokens, in float32 where llama.cpp uses `float`.
+
+`temperature <= 0` is greedy the llama.cpp way: the `temp-ext` step keeps only the highest logit of
+the surviving candidates (everything else -> -inf) and `dist` then picks it. With the default chain
+that is the argmax after logit bias and penalties (top-k/top-p/min-p always keep the top token);
+typical-p or XTC can remove the top token first, as they do in llama.cpp.
+
+Randomness reproduces llama.cpp's own: `dist` (and XTC, mirostat) draw from `std::mt19937(seed)`
+through libstdc++'s `generate_canonical`, and NumPy's `MT19937` with its legacy seeding is that very
+generator. Given the same logits and seed, `sample` therefore returns the token llama.cpp returns.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # "random seed" in llama.cpp (seed -1 on the command line / API)
+
+# common/common.h: common_params_sampling::samplers
+DEFAULT_SAMPLERS = ("penalties", "dry", "top_n_sigma", "top_k", "typ_p", "top_p", "min_p", "xtc", "temperature")
+
+# common/sampling.cpp: common_sampler_types_from_names (canonical + alternative names) and _from_chars
+_SAMPLER_NAMES = {
+    "dry": "dry", "top_k": "top_k", "top_p": "top_p", "top_n_sigma": "top_n_sigma", "typ_p": "typ_p",
+    "min_p": "min_p", "temperature": "temperature", "xtc": "xtc", "penalties": "penalties",
+    "top-k": "top_k", "top-p": "top_p", "top-n-sigma": "top_n_sigma", "nucleus": "top_p",
+    "typical-p": "typ_p", "typical": "typ_p", "typ-p": "typ_p", "typ": "typ_p", "min-p": "min_p",
+    "temp": "temperature",
+}
+_SAMPLER_CHARS = {"d": "dry", "k": "top_k", "y": "typ_p", "p": "top_p", "s": "top_n_sigma", "m": "min_p",
+                  "t": "temperature", "x": "xtc", "e": "penalties"}
+
+
+def parse_samplers(spec: str | Sequence[str]) -> tuple[str, ...]:
+    """`--samplers "top_k;temperature"` (names, `;`-separated or a list) or `--sampling-seq kt`
+    (one letter each) -> canonical names. Unknown entries are skipped, as llama.cpp does (with a warning)."""
+    if isinstance(spec, str):
+        if ";" in spec or spec in _SAMPLER_NAMES:
+            names = [s for s in spec.split(";") if s]
+        else:
+            return tuple(_SAMPLER_CHARS[c] for c in spec if c in _SAMPLER_CHARS)
+    else:
+        names = list(spec)
+    return tuple(_SAMPLER_NAMES[n] for n in names if n in _SAMPLER_NAMES)
+
+
+@dataclass
+class SamplerParams:
+    """`common_params_sampling` (common/common.h) with the same defaults; names follow the API."""
+
+    temperature: float = 0.8
+    top_k: int = 40               # <= 0: vocab size
+    top_p: float = 0.95           # 1.0: disabled
+    min_p: float = 0.05           # 0.0: disabled
+    typical_p: float = 1.0        # 1.0: disabled
+    repeat_penalty: float = 1.0   # 1.0: disabled
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    penalty_last_n: int = 64      # 0: disabled, -1: the whole history (llama.cpp: the context size)
+    seed: int | None = None       # None / -1 / 0xFFFFFFFF: random
+    logit_bias: dict[int, float] | None = None
+    min_keep: int = 0             # 0: disabled; samplers keep at least this many candidates
+    top_n_sigma: float = -1.0     # <= 0: disabled
+    xtc_probability: float = 0.0  # 0.0: disabled
+    xtc_threshold: float = 0.1    # > 0.5: disabled
+    dynatemp_range: float = 0.0   # 0.0: disabled
+    dynatemp_exponent: float = 1.0
+    dry_multiplier: float = 0.0   # 0.0: disabled
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    dry_penalty_last_n: int = 64  # 0: disabled, -1: context size
+    dry_sequence_breakers: list[str] = field(default_factory=lambda: ["\n", ":", "\"", "*"])
+    mirostat: int = 0             # 0: off, 1: mirostat, 2: mirostat 2.0
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
+    samplers: Sequence[str] = DEFAULT_SAMPLERS
+
+
+class _MT19937:
+    """`std::mt19937(seed)` and libstdc++'s `generate_canonical` on top of it."""
+
+    def __init__(self, seed: int):
+        self._bg = np.random.MT19937(0)
+        self._bg._legacy_seeding(int(seed) & 0xFFFFFFFF)  # init_genrand: the same as std::mt19937(seed)
+
+    def u32(self) -> int:
+        return int(self._bg.random_raw())
+
+    def uniform_double(self) -> float:
+        """`std::uniform_real_distribution<double>(0, 1)(rng)`: two 32-bit draws, low word first."""
+        lo = self.u32()
+        hi = self.u32()
+        r = (lo + hi * 4294967296) / 18446744073709551616.0  # one rounding, as the C++ double sum
+        return r if r < 1.0 else math.nextafter(1.0, 0.0)
+
+    def uniform_float(self) -> float:
+        """`std::uniform_real_distribution<float>(0, 1)(rng)`: one 32-bit draw, in float32."""
+        r = np.float32(self.u32()) / np.float32(4294967296.0)
+        return float(r) if r < 1.0 else float(np.nextafter(np.float32(1.0), np.float32(0.0)))
+
+
+def _resolve_seed(seed: int | None) -> int:
+    """llama-sampling.cpp get_rng_seed: LLAMA_DEFAULT_SEED (and our None / -1) -> a random seed."""
+    if seed is None or seed == -1 or (seed & 0xFFFFFFFF) == LLAMA_DEFAULT_SEED:
+        return secrets.randbits(32)
+    return int(seed) & 0xFFFFFFFF
+
+
+class _Candidates:
+    """`llama_token_data_array`: ids, logits, probabilities (or None), and the `sorted` flag."""
+
+    __slots__ = ("ids", "logits", "p", "sorted")
+
+    def __init__(self, ids: np.ndarray, logits: np.ndarray, p: np.ndarray | None = None, sorted_: bool = False):
+        self.ids, self.logits, self.p, self.sorted = ids, logits, p, sorted_
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def take(self, idx: np.ndarray | slice) -> None:
+        self.ids = self.ids[idx]
+        self.logits = self.logits[idx]
+        if self.p is not None:
+            self.p = self.p[idx]
+
+
+def _seq_sum_f32(x: np.ndarray) -> np.float32:
+    """A C `float` accumulated in order (np.sum would use pairwise summation)."""
+    return np.cumsum(x, dtype=np.float32)[-1] if len(x) else np.float32(0.0)
+
+
+def _desc_order(logits: np.ndarray, k: int | None = None) -> np.ndarray:
+    """Indices of the top `k` (all when None) logits, highest first (ties: lower position first)."""
+    n = len(logits)
+    if k is None or k >= n:
+        return np.argsort(-logits, kind="stable")
+    part = np.argpartition(-logits, k - 1)[:k]
+    part.sort()
+    return part[np.argsort(-logits[part], kind="stable")]
+
+
+def _sort(c: _Candidates, k: int | None = None) -> None:
+    """llama_token_data_array_partial_sort_inplace: keep the top k, sorted by logit, descending."""
+    c.take(_desc_order(c.logits, k))
+    c.sorted = True
+
+
+def _softmax(c: _Candidates, do_sort: bool) -> None:
+    """llama_sampler_softmax_impl: optional sort, then p = expf(l - max) / sum in float32."""
+    if do_sort and not c.sorted:
+        _sort(c)
+    max_l = c.logits[0] if c.sorted else c.logits.max()
+    with np.errstate(invalid="ignore", over="ignore"):
+        p = np.exp(c.logits - max_l, dtype=np.float32)
+    c.p = p / _seq_sum_f32(p)
+
+
+# --- the samplers (llama-sampling.cpp), each mutating the candidates in place
+
+
+def _apply_logit_bias(c: _Candidates, bias: dict[int, float]) -> None:
+    n = len(c)
+    for tok, b in bias.items():
+        tok = int(tok)
+        if 0 <= tok < n and c.ids[tok] == tok:
+            c.logits[tok] = np.float32(c.logits[tok] + np.float32(b))
+        else:
+            hit = np.nonzero(c.ids == tok)[0]
+            c.logits[hit] = c.logits[hit] + np.float32(b)
+
+
+def _apply_penalties(c: _Candidates, window: Sequence[int], repeat: float, freq: float, present: float) -> None:
+    """llama_sampler_penalties_apply over the tokens of the penalty window."""
+    if not window or (repeat == 1.0 and freq == 0.0 and present == 0.0):
+        return
+    counts = Counter(int(t) for t in window)
+    toks = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
+    cnts = np.fromiter(counts.values(), dtype=np.int64, count=len(counts))
+    order = np.argsort(toks)
+    toks, cnts = toks[order], cnts[order]
+    pos = np.searchsorted(toks, c.ids)
+    pos[pos >= len(toks)] = 0
+    hit = np.nonzero(toks[pos] == c.ids)[0]
+    if not len(hit):
+        return
+    count = cnts[pos[hit]].astype(np.float32)
+    logit = c.logits[hit]
+    r = np.float32(repeat)
+    logit = np.where(logit <= 0, logit * r, logit / r).astype(np.float32)
+    logit = logit - (count * np.float32(freq) + np.float32(present) * (count > 0).astype(np.float32))
+    c.logits[hit] = logit.astype(np.float32)
+    c.sorted = False
+
+
+def _apply_top_k(c: _Candidates, k: int) -> None:
+    if k <= 0:
+        return
+    k = min(k, len(c))
+    if not c.sorted:
+        _sort(c, k)
+    c.take(slice(0, k))
+
+
+def _apply_top_p(c: _Candidates, p: float, min_keep: int) -> None:
+    if p >= 1.0:
+        return
+    _softmax(c, do_sort=False)
+    n = len(c)
+    if not c.sorted and n > 1024:
+        # llama.cpp's heuristic: try the top 256 first, sort everything only if they do not reach p
+        order = _desc_order(c.logits, 256)
+        cum = np.cumsum(c.p[order], dtype=np.float32)
+        ok = np.nonzero((cum >= np.float32(p)) & (np.arange(1, len(order) + 1) >= min_keep))[0]
+        if len(ok):
+            c.take(order[: int(ok[0]) + 1])
+            c.sorted = True
+            return
+    if not c.sorted:
+        _sort(c)
+    cum = np.cumsum(c.p, dtype=np.float32)
+    ok = np.nonzero((cum >= np.float32(p)) & (np.arange(1, n + 1) >= min_keep))[0]
+    last = int(ok[0]) + 1 if len(ok) else n
+    c.take(slice(0, last))
+
+
+def _apply_min_p(c: _Candidates, p: float, min_keep: int) -> None:
+    if p <= 0.0 or not len(c):
+        return
+    log_p = np.float32(math.log(p))
+    if not c.sorted:
+        min_logit = np.float32(c.logits.max() + log_p)
+        keep = np.nonzero(c.logits >= min_logit)[0]
+        if len(keep) and len(keep) >= min_keep:
+            c.take(keep)
+            return
+        _sort(c)
+    min_logit = np.float32(c.logits[0] + log_p)
+    below = np.nonzero(c.logits[1:] < min_logit)[0] + 1
+    below = below[below >= min_keep]
+    i = int(below[0]) if len(below) else len(c)
+    c.take(slice(0, i))
+
+
+def _apply_typical(c: _Candidates, p: float, min_keep: int) -> None:
+    if p >= 1.0:
+        return
+    _softmax(c, do_sort=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logp = np.log(c.p)
+        # llama.cpp computes -p*log(p) for every candidate, which is NaN for p == 0 (a -inf logit):
+        # here those contribute 0, as the entropy's definition has it
+        terms = np.where(c.p > 0, -c.p * logp, np.float32(0.0)).astype(np.float32)
+        entropy = _seq_sum_f32(terms)
+        shifted = np.abs(-logp - entropy).astype(np.float32)
+    order = np.argsort(shifted, kind="stable")
+    cum = np.cumsum(c.p[order], dtype=np.float32)
+    idx = np.arange(len(c))
+    ok = np.nonzero((cum > np.float32(p)) & ((min_keep == 0) | (idx >= min_keep - 1)))[0]
+    last = int(ok[0]) + 1 if len(ok) else len(c)
+    c.take(order[:last])
+    c.sorted = False
+
+
+def _temp_impl(c: _Candidates, temp: float) -> None:
+    if temp <= 0.0:
+        # keep the first maximal logit, everything else -inf
+        i = int(np.argmax(c.logits))
+        keep = c.logits[i]
+        c.logits = np.full_like(c.logits, -np.inf)
+        c.logits[i] = keep
+        return
+    c.logits = (c.logits / np.float32(temp)).astype(np.float32)
+
+
+def _apply_temp_ext(c: _Candidates, temp: float, delta: float, exponent: float) -> None:
+    if delta <= 0:
+        _temp_impl(c, temp)
+        return
+    min_temp = max(0.0, temp - delta)
+    max_temp = temp + delta
+    if len(c) <= 1:
+        return
+    max_entropy = -math.log(1.0 / len(c))
+    _softmax(c, do_sort=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(c.p > 0, -c.p * np.log(c.p), np.float32(0.0)).astype(np.float32)
+    entropy = float(_seq_sum_f32(terms))
+    dyn_temp = min_temp + (max_temp - min_temp) * (entropy / max_entropy) ** exponent
+    _temp_impl(c, float(np.float32(dyn_temp)))
+    p = np.exp(c.logits.astype(np.float64) - float(c.logits[0]))
+    c.p = (p / p.sum()).astype(np.float32)
+
+
+def _apply_top_n_sigma(c: _Candidates, n: float) -> None:
+    if n <= 0.0 or len(c) <= 1:
+        return
+    finite = c.logits[c.logits != -np.inf]
+    if len(finite):
+        mx = max(float(c.logits[0]), float(finite.max()))
+        mean = float(finite.astype(np.float64).mean())
+        std = float(np.sqrt(((finite.astype(np.float64) - mean) ** 2).mean()))
+    else:
+        mx, std = float(c.logits[0]), 0.0
+    thr = np.float32(mx - np.float32(n) * np.float32(std))
+    c.logits = np.where(c.logits < thr, np.float32(-np.inf), c.logits).astype(np.float32)
+    _softmax(c, do_sort=True)
+
+
+def _apply_xtc(c: _Candidates, rng: _MT19937, probability: float, threshold: float, min_keep: int) -> None:
+    if probability <= 0.0 or threshold > 0.5 or len(c) < 2:
+        return
+    if rng.uniform_float() > probability:
+        return
+    _softmax(c, do_sort=True)
+    above = c.p >= np.float32(threshold)
+    # pos_last: the last index of the leading run of candidates at or above the threshold
+    pos_last = int(np.argmin(above)) - 1 if not above.all() else len(c) - 1
+    pos_last = max(pos_last, 0)
+    if len(c) - pos_last >= min_keep and pos_last > 0:
+        c.take(slice(pos_last, None))
+
+
+def _apply_dist(c: _Candidates, rng: _MT19937) -> int:
+    """llama_sampler_dist_apply: softmax, one uniform double, first cumulative sum >= target."""
+    if len(c) == 1:
+        c.p = np.ones(1, dtype=np.float32)
+        return 0
+    max_l = c.logits[0] if c.sorted else c.logits.max()
+    with np.errstate(invalid="ignore", over="ignore"):
+        p = np.exp(c.logits - max_l, dtype=np.float32)
+    run = np.cumsum(p, dtype=np.float64)
+    sum_cum = float(run[-1])
+    rnd = rng.uniform_double()
+    sel = int(np.searchsorted(run, sum_cum * rnd, side="left"))
+    c.p = (p / sum_cum).astype(np.float32)
+    return min(sel, len(c) - 1)
+
+
+def _sample_discrete(c: _Candidates, rng: _MT19937) -> int:
+    """llama_sample_dist: std::discrete_distribution over c.p (libstdc++)."""
+    if len(c) < 2:
+        return 0
+    prob = c.p.astype(np.float64)
+    cp = np.cumsum(prob / prob.sum())
+    cp[-1] = 1.0
+    return int(np.searchsorted(cp[:-1], rng.uniform_double(), side="left"))
+
+
+class _Dry:
+    """llama_sampler_dry (Koboldcpp's DRY, as ported to llama.cpp)."""
+
+    def __init__(self, params: SamplerParams, n_ctx_train: int | None, breakers: dict[int, list[list[int]]]):
+        self.multiplier = params.dry_multiplier
+        self.base = params.dry_base
+        self.allowed_length = params.dry_allowed_length
+        self.penalty_last_n = params.dry_penalty_last_n
+        self.total_context_size = n_ctx_train if n_ctx_train else 1 << 62
+        self.breakers = breakers
+
+    @property
+    def enabled(self) -> bool:
+        return self.multiplier != 0.0 and self.base >= 1.0 and self.penalty_last_n != 0
+
+    def apply(self, c: _Candidates, history: Sequence[int]) -> None:
+        if not self.enabled:
+            return
+        eff = self.total_context_size if self.penalty_last_n == -1 else max(self.penalty_last_n, 0)
+        last_n = min(len(history), eff, self.total_context_size)
+        if last_n <= self.allowed_length:
+            return
+        last = [int(t) for t in history[len(history) - last_n:]]
+
+        def rat(i: int) -> int:
+            return last[last_n - 1 - i]
+
+        # step 1: restart sequences (sequence breakers) limit the repetition length
+        rep_limit = last_n
+        for i in range(last_n):
+            tails = self.breakers.get(rat(i))
+            if not tails:
+                continue
+            longest = -1
+            for tail in tails:
+                seq_len = len(tail)
+                if longest < seq_len <= i and all(tail[o] == rat(i - o - 1) for o in range(seq_len)):
+                    longest = seq_len
+            if longest >= 0:
+                rep_limit = i - longest
+                break
+        if rep_limit < self.allowed_length:
+            return
+
+        # step 2: Z-algorithm over the reversed context
+        repeat = [0] * last_n
+        lastk = last_n - 1
+        lt = rt = 0
+        for k in range(1, last_n):
+            if k > rt:
+                n = 0
+                while n + k < last_n and rat(n) == rat(n + k):
+                    n += 1
+                repeat[lastk - k] = min(n, rep_limit)
+                if n > 0:
+                    lt, rt = k, k + n - 1
+            else:
+                p = k - lt
+                right_len = rt - k + 1
+                if repeat[lastk - p] < right_len:
+                    repeat[lastk - k] = min(repeat[lastk - p], rep_limit)
+                else:
+                    i = rt + 1
+                    while i < last_n and rat(i) == rat(i - k):
+                        i += 1
+                    repeat[lastk - k] = min(i - k, rep_limit)
+                    lt, rt = k, i - 1
+
+        # step 3: the longest repeat each candidate token would extend
+        max_repeat: dict[int, int] = {}
+        for i in range(last_n - 1):
+            rl = repeat[i]
+            if rl >= self.allowed_length:
+                tok = rat(last_n - 2 - i)
+                if max_repeat.get(tok, -1) < rl:
+                    max_repeat[tok] = rl
+        if not max_repeat:
+            c.sorted = False
+            return
+
+        # step 4: penalties
+        max_exponent = int(88.7228391 / math.log(self.base)) if self.base > 1.000001 else 0
+        for tok, rl in max_repeat.items():
+            if any(len(t) == 0 for t in self.breakers.get(tok, ())):
+                continue  # a single-token sequence breaker is never penalised
+            exp = rl - self.allowed_length
+            if max_exponent > 0 and exp > max_exponent:
+                exp = max_exponent
+            penalty = np.float32(self.multiplier * self.base ** exp)
+            hit = np.nonzero(c.ids == tok)[0]
+            c.logits[hit] = c.logits[hit] - penalty
+        c.sorted = False
+
+
+def dry_breakers_from_vocab(breakers: Iterable[str], pieces: Sequence[str | bytes],
+                            tokenize: Callable[[str], list[int]], max_tail_len: int = 20,
+                            max_char_len: int = 40) -> dict[int, list[list[int]]]:
+    """llama_sampler_init_dry's get_overlapping_token_sequences: for every token whose text contains
+    a breaker, an empty tail; for every token whose text ends with the start of a breaker, the
+    tokenization of the rest of that breaker. `pieces[id]` is the token's text (special tokens
+    rendered); `tokenize` tokenizes plain text without BOS or special-token parsing."""
+    out: dict[int, list[list[int]]] = {}
+    as_bytes = bool(pieces) and isinstance(pieces[0], (bytes, bytearray))
+    for brk in breakers:
+        if not brk:
+            continue
+        s = brk.encode("utf-8") if as_bytes else brk
+        s = s[:max_char_len]
+        first = s[:1]
+        for tok, word in enumerate(pieces):
+            if s in word:
+                seqs = out.setdefault(tok, [])
+                if [] not in seqs:
+                    seqs.append([])
+                continue
+            pos = word.find(first)
+            while pos != -1:
+                overlap = len(word) - pos
+                if overlap < len(s) and word[pos:] == s[:overlap]:
+                    rest = s[overlap:]
+                    text = rest.decode("utf-8", errors="replace") if as_bytes else rest
+                    tail = list(tokenize(text))[:max_tail_len]
+                    seqs = out.setdefault(tok, [])
+                    if tail not in seqs:
+                        seqs.append(tail)
+                pos = word.find(first, pos + 1)
+    return out
+
+
+class Sampler:
+    """One request's sampler: `sample(logits, history)` picks the next token, `accept(token)` records it.
+
+    `history` is every token so far (prompt + generated): llama-server feeds the prompt tokens to
+    the sampler too, so the penalty window covers them. Without `history`, the tokens given to
+    `accept` are used instead.
+
+    DRY needs the vocabulary to turn its sequence breakers into tokens: pass `vocab` (piece texts)
+    and `tokenize`, or `dry_breakers` already in token form ({head token: [tail token lists]}).
+    """
+
+    def __init__(self, params: SamplerParams | None = None, *, vocab: Sequence[str | bytes] | None = None,
+                 tokenize: Callable[[str], list[int]] | None = None, n_ctx_train: int | None = None,
+                 dry_breakers: dict[int, list[list[int]]] | None = None):
+        self.params = p = params or SamplerParams()
+        self.seed = _resolve_seed(p.seed)                   # what llama-server reports as "seed"
+        self._rng = _MT19937(self.seed)                      # dist / mirostat
+        random_seed = p.seed is None or p.seed == -1 or (p.seed & 0xFFFFFFFF) == LLAMA_DEFAULT_SEED
+        # XTC owns a second generator: the same seed, or its own random one (llama_sampler_init_xtc)
+        self._xtc_rng = _MT19937(_resolve_seed(None) if random_seed else self.seed)
+        self.order = parse_samplers(p.samplers) if isinstance(p.samplers, str) else tuple(
+            _SAMPLER_NAMES.get(s, s) for s in p.samplers)
+        unknown = [s for s in self.order if s not in _SAMPLER_CHARS.values()]
+        if unknown:
+            raise ValueError(f"unknown sampler(s) {unknown}; known: {sorted(set(_SAMPLER_CHARS.values()))}")
+        if p.mirostat not in (0, 1, 2):
+            raise ValueError(f"mirostat must be 0, 1 or 2, not {p.mirostat}")
+        if dry_breakers is None and p.dry_multiplier != 0.0 and vocab is not None and tokenize is not None:
+            dry_breakers = dry_breakers_from_vocab(p.dry_sequence_breakers, vocab, tokenize)
+        self._dry = _Dry(p, n_ctx_train, dry_breakers or {})
+        self._mu = 2.0 * p.mirostat_tau
+        self._prev: list[int] = []
+        self._keep = max(64, p.penalty_last_n, p.dry_penalty_last_n)
+        self.candidates: tuple[np.ndarray, np.ndarray] | None = None  # (ids, probs) after the last sample
+
+    def reset(self) -> None:
+        self._prev.clear()
+        self._mu = 2.0 * self.params.mirostat_tau
+
+    def accept(self, token: int) -> None:
+        self._prev.append(int(token))
+        if self.params.penalty_last_n >= 0 and self.params.dry_penalty_last_n >= 0 and len(self._prev) > 2 * self._keep:
+            del self._prev[: len(self._prev) - self._keep]
+
+    def sample(self, logits: np.ndarray, history: Sequence[int] | None = None) -> int:
+        p = self.params
+        hist = self._prev if history is None else history
+        logits = np.asarray(logits, dtype=np.float32).reshape(-1)
+        c = _Candidates(np.arange(len(logits), dtype=np.int64), logits.copy())
+        if p.logit_bias:
+            _apply_logit_bias(c, p.logit_bias)
+        if p.mirostat == 0:
+            for name in self.order:
+                self._apply(name, c, hist)
+            sel = _apply_dist(c, self._rng)
+        else:
+            _temp_impl(c, p.temperature)
+            sel = self._mirostat(c, len(logits))
+        self.candidates = (c.ids, c.p)
+        return int(c.ids[sel])
+
+    def _apply(self, name: str, c: _Candidates, hist: Sequence[int]) -> None:
+        p = self.params
+        if name == "penalties":
+            n = p.penalty_last_n
+            if n != 0:
+                _apply_penalties(c, hist[-n:] if n > 0 else hist, p.repeat_penalty, p.frequency_penalty,
+                                 p.presence_penalty)
+        elif name == "dry":
+            self._dry.apply(c, hist)
+        elif name == "top_n_sigma":
+            _apply_top_n_sigma(c, p.top_n_sigma)
+        elif name == "top_k":
+            _apply_top_k(c, p.top_k)
+        elif name == "typ_p":
+            _apply_typical(c, p.typical_p, p.min_keep)
+        elif name == "top_p":
+            _apply_top_p(c, p.top_p, p.min_keep)
+        elif name == "min_p":
+            _apply_min_p(c, p.min_p, p.min_keep)
+        elif name == "xtc":
+            _apply_xtc(c, self._xtc_rng, p.xtc_probability, p.xtc_threshold, p.min_keep)
+        elif name == "temperature":
+            _apply_temp_ext(c, p.temperature, p.dynatemp_range, p.dynatemp_exponent)
+
+    def _mirostat(self, c: _Candidates, n_vocab: int) -> int:
+        p = self.params
+        tau, eta = p.mirostat_tau, p.mirostat_eta
+        _softmax(c, do_sort=True)
+        if p.mirostat == 1:
+            m = 100
+            sum_ti_bi = sum_ti_sq = 0.0
+            for i in range(min(m - 1, len(c) - 1)):
+                t_i = math.log((i + 2) / (i + 1))
+                b_i = math.log(float(c.p[i]) / float(c.p[i + 1]))
+                sum_ti_bi += t_i * b_i
+                sum_ti_sq += t_i * t_i
+            s_hat = sum_ti_bi / sum_ti_sq
+            eps = s_hat - 1
+            try:
+                k = math.pow((eps * 2.0 ** self._mu) / (1 - n_vocab ** (-eps)), 1 / s_hat)
+            except (ValueError, OverflowError, ZeroDivisionError):
+                k = math.nan  # powf gives NaN/inf here; keep every candidate
+            _apply_top_k(c, max(int(k), 1) if math.isfinite(k) else len(c))
+        else:
+            with np.errstate(divide="ignore"):
+                surprise = -np.log2(c.p)
+            over = np.nonzero(surprise > self._mu)[0]
+            c.take(slice(0, max(int(over[0]) if len(over) else len(c), 1)))
+        _softmax(c, do_sort=True)
+        idx = _sample_discrete(c, self._rng)
+        self._mu -= eta * (-math.log2(float(c.p[idx])) - tau)
+        return idx
+
+
+# --- log-probabilities for the API
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """log(softmax(logits)) over the whole vocabulary, in float64."""
+    x = np.asarray(logits, dtype=np.float64).reshape(-1)
+    m = x.max()
+    return x - (m + math.log(np.exp(x - m).sum()))
+
+
+def logprobs(logits: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """The `k` most probable tokens of the raw distribution as (token, log-probability), highest
+    first (ties: lower token id first) -- what the API returns as `top_logprobs`."""
+    lp = log_softmax(logits)
+    k = max(0, min(int(k), len(lp)))
+    if k == 0:
+        return []
+    order = _desc_order(lp, k)
+    return [(int(i), float(lp[i])) for i in order]
+
+
+def token_logprob(logits: np.ndarray, token: int) -> float:
+    return float(log_softmax(logits)[int(token)])
+
+
+# --- stop strings
+
+
+class StopMatcher:
+    """Stop strings over streamed text (llama-server's find_stopping_strings, on str).
+
+    `feed(piece)` returns (text safe to emit, stopped). Text that could be the start of a stop string
+    is held back until it is decided; at a full match everything from the stop string on is dropped,
+    and `stop_string` names the one that matched (the earliest; on a tie, the first listed).
+    `flush()` returns what is still held back when generation ends without a stop.
+    """
+
+    def __init__(self, stops: Iterable[str] | None):
+        self.stops = [s for s in (stops or []) if s]
+        self._buf = ""
+        self.stopped = False
+        self.stop_string: str | None = None
+
+    def feed(self, piece: str) -> tuple[str, bool]:
+        if self.stopped:
+            return "", True
+        if not self.stops:
+            return piece, False
+        buf = self._buf + piece
+        best = -1
+        for s in self.stops:
+            pos = buf.find(s)
+            if pos != -1 and (best == -1 or pos < best):
+                best, self.stop_string = pos, s
+        if best != -1:
+            self._buf, self.stopped = "", True
+            return buf[:best], True
+        hold = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(buf)), hold, -1):
+                if buf.endswith(s[:k]):
+                    hold = k
+                    break
+        cut = len(buf) - hold
+        self._buf = buf[cut:]
+        return buf[:cut], False
+
+    def flush(self) -> str:
+        out, self._buf = self._buf, ""
+        return "" if self.stopped else out
