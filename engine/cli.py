@@ -12,6 +12,9 @@ import sys
 
 # command name -> module; a registry rather than an if-chain
 COMMANDS = {
+    "run": "engine.commands.run",
+    "generate": "engine.commands.generate",
+    "bench": "engine.commands.bench",
     "inspect": "engine.commands.inspect",
 }
 

@@ -1,0 +1,130 @@
+"""`bench -m MODEL -p 128 -n 64 -t 2 -r 3 [--json] [--llama-cpp]`: prompt and generation speed, like llama-bench.
+
+pp: `-p` random prompt tokens evaluated in one batch from an empty context. tg: `-n` tokens evaluated
+one at a time from an empty context. Each is run once to warm up (JIT compilation), then `-r` times;
+the report is the mean and standard deviation of tokens per second. `--llama-cpp` measures llama.cpp
+(llama-cpp-python) on the same file with the same threads in the same run and prints the ratio.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from .common import add_model_args
+
+HELP = "measure prompt (pp) and generation (tg) tokens per second, optionally beside llama.cpp"
+
+
+def add_arguments(p):
+    add_model_args(p)
+    p.add_argument("-p", "--n-prompt", type=int, default=512, help="prompt tokens (pp test; 0 skips)")
+    p.add_argument("-n", "--n-gen", type=int, default=128, help="generated tokens (tg test; 0 skips)")
+    p.add_argument("-r", "--repetitions", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--llama-cpp", action="store_true", help="also measure llama.cpp (needs llama-cpp-python)")
+
+
+def _stats(samples: list[float], n_tokens: int) -> dict:
+    tps = [n_tokens / s for s in samples]
+    return {"n_tokens": n_tokens, "mean": statistics.fmean(tps), "std": statistics.stdev(tps) if len(tps) > 1 else 0.0,
+            "median": statistics.median(tps), "samples_s": samples}
+
+
+def _measure(run_pp, run_tg, args) -> dict:
+    out = {}
+    for key, fn, n in (("pp", run_pp, args.n_prompt), ("tg", run_tg, args.n_gen)):
+        if n <= 0:
+            continue
+        fn(n)  # warm-up: JIT compilation, page-in of the weights
+        samples = []
+        for _ in range(args.repetitions):
+            samples.append(fn(n))
+        out[key] = _stats(samples, n)
+    return out
+
+
+def bench_engine(eng, args) -> dict:
+    rng = np.random.default_rng(0)
+    model = eng.model
+
+    def run_pp(n):
+        cache = model.new_cache(n)
+        toks = rng.integers(0, eng.n_vocab, n).tolist()
+        t0 = time.perf_counter()
+        eng.backend.to_numpy(model.forward(toks, cache))
+        return time.perf_counter() - t0
+
+    def run_tg(n):
+        cache = model.new_cache(n)
+        tok = int(rng.integers(0, eng.n_vocab))
+        t0 = time.perf_counter()
+        for _ in range(n):
+            eng.backend.to_numpy(model.forward([tok], cache))
+        return time.perf_counter() - t0
+
+    return _measure(run_pp, run_tg, args)
+
+
+def bench_llama_cpp(path, n_vocab: int, threads: int, args) -> dict:
+    import llama_cpp
+
+    n_ctx = max(args.n_prompt, args.n_gen) + 8
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=max(args.n_prompt, 1), n_ubatch=max(args.n_prompt, 1),
+                          n_threads=threads, n_threads_batch=threads, verbose=False)
+    rng = np.random.default_rng(0)
+
+    def run_pp(n):
+        llm.reset()
+        llm._ctx.kv_cache_clear()
+        toks = rng.integers(0, n_vocab, n).tolist()
+        t0 = time.perf_counter()
+        llm.eval(toks)
+        return time.perf_counter() - t0
+
+    def run_tg(n):
+        llm.reset()
+        llm._ctx.kv_cache_clear()
+        tok = int(rng.integers(0, n_vocab))
+        t0 = time.perf_counter()
+        for _ in range(n):
+            llm.eval([tok])
+        return time.perf_counter() - t0
+
+    return _measure(run_pp, run_tg, args)
+
+
+def main(args) -> int:
+    import os
+
+    from .common import load_engine
+
+    eng = load_engine(args)
+    threads = args.threads or os.cpu_count()
+    result = {"model": str(eng.gguf.path), "backend": eng.backend.name, "threads": threads,
+              "n_prompt": args.n_prompt, "n_gen": args.n_gen, "repetitions": args.repetitions}
+    result.update(bench_engine(eng, args))
+    if args.llama_cpp:
+        ref = bench_llama_cpp(eng.gguf.path, eng.n_vocab, threads, args)
+        result["llama_cpp"] = ref
+        result["ratio"] = {k: result[k]["median"] / ref[k]["median"] for k in ("pp", "tg") if k in ref and k in result}
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    name = eng.gguf.path.name
+    print(f"| model | backend | threads | test | t/s | llama.cpp t/s | ratio |")
+    print(f"|---|---|---|---|---|---|---|")
+    for key, n in (("pp", args.n_prompt), ("tg", args.n_gen)):
+        if key not in result:
+            continue
+        r = result[key]
+        ref = result.get("llama_cpp", {}).get(key)
+        ref_txt = f"{ref['mean']:.2f} ± {ref['std']:.2f}" if ref else "-"
+        ratio = f"{result['ratio'][key]:.2f}" if ref else "-"
+        print(f"| {name} | {eng.backend.name} | {threads} | {key}{n} | {r['mean']:.2f} ± {r['std']:.2f} | {ref_txt} | {ratio} |")
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,54 @@
+"""Flags shared by the commands, named as llama.cpp names them (-m, -c, -t, -n, --temp, ...)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_model_args(p: argparse.ArgumentParser, model_required: bool = False):
+    p.add_argument("-m", "--model", required=model_required, default=None,
+                   help="GGUF file (first part of a split model); default: SmolLM2-135M-Instruct, fetched on first use")
+    p.add_argument("-c", "--ctx-size", type=int, default=4096, help="context size in tokens (default 4096)")
+    p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--backend", default="cpu", help="compute backend: cpu (Numba), numpy (reference), auto")
+    p.add_argument("-ngl", "--n-gpu-layers", "--ngl", type=int, default=None,
+                   help="accepted for llama.cpp compatibility; the CPU backend runs every layer")
+
+
+def add_sampling_args(p: argparse.ArgumentParser):
+    p.add_argument("-n", "--n-predict", "--max-tokens", dest="n_predict", type=int, default=256,
+                   help="tokens to generate (-1: until the context is full)")
+    p.add_argument("--temp", type=float, default=0.8, help="temperature (0: greedy)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--min-p", type=float, default=0.05)
+    p.add_argument("--typical", type=float, default=1.0, help="typical-p (1.0: off)")
+    p.add_argument("--repeat-penalty", type=float, default=1.0)
+    p.add_argument("--repeat-last-n", type=int, default=64)
+    p.add_argument("--presence-penalty", type=float, default=0.0)
+    p.add_argument("--frequency-penalty", type=float, default=0.0)
+    p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+
+
+def sampling_kwargs(args) -> dict:
+    return dict(max_tokens=args.n_predict, temperature=args.temp, seed=args.seed, top_k=args.top_k,
+                top_p=args.top_p, min_p=args.min_p, typical_p=args.typical, repeat_penalty=args.repeat_penalty,
+                penalty_last_n=args.repeat_last_n, presence_penalty=args.presence_penalty,
+                frequency_penalty=args.frequency_penalty, stop=args.stop)
+
+
+def load_engine(args):
+    """Engine for the command's flags; prints a one-line error and exits on a bad model file."""
+    from engine.engine import Engine
+    from engine.gguf_file import GGUFError
+    from engine.model_store import resolve_model
+    from engine.models import UnsupportedArchitecture
+
+    try:
+        return Engine.load(resolve_model(args.model), n_ctx=args.ctx_size, n_threads=args.threads,
+                           backend=args.backend)
+    except (GGUFError, UnsupportedArchitecture, NotImplementedError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None

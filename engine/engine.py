@@ -1,0 +1,211 @@
+"""`Engine`: the library API. Load a GGUF, tokenize, get logits, generate, chat.
+
+    eng = Engine.load("SmolLM2-135M-Instruct.Q4_1.gguf", n_ctx=2048, n_threads=2)
+    eng.generate("The capital of France is", max_tokens=16, temperature=0).text
+    eng.chat([{"role": "user", "content": "Hi!"}]).message["content"]
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from .generate import Timings, Utf8Stream, generate_step, prefill
+from .gguf_file import GGUF
+
+DEFAULT_CTX = 4096  # llama.cpp's default context size (llama-cli / llama-server)
+
+
+class ContextLengthError(ValueError):
+    """The prompt (plus the tokens asked for) does not fit in the context."""
+
+
+@dataclass
+class Completion:
+    text: str
+    tokens: list[int]
+    finish_reason: str                 # "stop" (EOG or stop string) | "length"
+    prompt_tokens: int
+    timings: Timings
+    message: dict | None = None        # chat only: {"role", "content", "reasoning_content"?}
+
+    @property
+    def usage(self) -> dict:
+        n = len(self.tokens)
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": n, "total_tokens": self.prompt_tokens + n}
+
+
+@dataclass
+class Piece:
+    """One streamed piece of a completion."""
+
+    text: str
+    token: int | None
+    finish_reason: str | None = None
+    completion: Completion | None = None  # set on the last piece
+
+
+class Engine:
+    def __init__(self, gguf: GGUF, model, backend, tokenizer, n_ctx: int):
+        self.gguf, self.model, self.backend, self.tokenizer, self.n_ctx = gguf, model, backend, tokenizer, n_ctx
+        self.cache = model.new_cache(n_ctx)
+        self.cached_tokens: list[int] = []  # what `cache` holds, for prefix reuse
+        self._template = None
+
+    @classmethod
+    def load(cls, path, n_ctx: int = DEFAULT_CTX, n_threads: int | None = None, backend: str = "cpu",
+             **backend_kwargs) -> "Engine":
+        from kernels import get_backend
+
+        from .models import load_model
+        from .tokenizer import Tokenizer
+
+        g = GGUF.open(path)
+        be = get_backend(backend, n_threads=n_threads or os.cpu_count(), **backend_kwargs)
+        model = load_model(g, be)
+        n_ctx = int(n_ctx) if n_ctx else int(getattr(model.p, "n_ctx_train", DEFAULT_CTX))
+        return cls(g, model, be, Tokenizer.from_gguf(g), n_ctx)
+
+    # --- tokens
+    def tokenize(self, text: str, add_bos: bool = True, special: bool = False) -> list[int]:
+        return self.tokenizer.tokenize(text, add_bos=add_bos, special=special)
+
+    def detokenize(self, ids) -> str:
+        return self.tokenizer.detokenize(list(ids))
+
+    @property
+    def n_vocab(self) -> int:
+        return self.model.p.n_vocab
+
+    # --- evaluation
+    def logits(self, ids) -> np.ndarray:
+        """Logits for every position of `ids`, evaluated from an empty context: (len(ids), n_vocab) f32."""
+        ids = list(ids)
+        if len(ids) > self.n_ctx:
+            raise ContextLengthError(f"{len(ids)} tokens do not fit in the context of {self.n_ctx}")
+        cache = self.model.new_cache(len(ids))
+        out = []
+        for i in range(0, len(ids), 256):
+            out.append(self.backend.to_numpy(self.model.forward(ids[i:i + 256], cache, last_only=False)))
+        return np.concatenate(out).astype(np.float32, copy=False)
+
+    def _prepare_cache(self, prompt: list[int]) -> list[int]:
+        """Reuse the longest cached prefix of `prompt`; return the tokens still to evaluate."""
+        common = 0
+        for a, b in zip(self.cached_tokens, prompt):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(prompt) - 1)  # always evaluate at least one token to get logits
+        self.cache.truncate(common)
+        self.cached_tokens = prompt[:common]
+        return prompt[common:]
+
+    # --- generation
+    def generate(self, prompt, max_tokens: int = 128, temperature: float = 0.8, top_k: int = 40,
+                 top_p: float = 0.95, min_p: float = 0.05, typical_p: float = 1.0, repeat_penalty: float = 1.0,
+                 presence_penalty: float = 0.0, frequency_penalty: float = 0.0, penalty_last_n: int = 64,
+                 seed: int | None = None, stop=None, logit_bias: dict | None = None, stream: bool = False,
+                 add_bos: bool = True, special: bool = False, truncate: bool = False):
+        """Complete `prompt` (text or token ids). Returns a `Completion`, or with stream=True an
+        iterator of `Piece`s whose last one carries the `Completion`."""
+        from .sampler import Sampler, SamplerParams
+
+        ids = list(prompt) if not isinstance(prompt, str) else self.tokenize(prompt, add_bos=add_bos, special=special)
+        if max_tokens is None or max_tokens < 0:
+            max_tokens = self.n_ctx - len(ids)
+        if len(ids) + max_tokens > self.n_ctx:
+            if truncate and len(ids) < self.n_ctx:
+                max_tokens = self.n_ctx - len(ids)
+            else:
+                raise ContextLengthError(
+                    f"prompt of {len(ids)} tokens + max_tokens {max_tokens} exceeds the context of {self.n_ctx} tokens")
+        if not ids:
+            raise ValueError("empty prompt: nothing to condition on (the model adds no BOS)")
+        params = SamplerParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
+                               repeat_penalty=repeat_penalty, presence_penalty=presence_penalty,
+                               frequency_penalty=frequency_penalty, penalty_last_n=penalty_last_n, seed=seed,
+                               logit_bias=logit_bias)
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        it = self._stream(ids, max_tokens, Sampler(params), stops)
+        if stream:
+            return it
+        for piece in it:
+            if piece.completion is not None:
+                return piece.completion
+        raise AssertionError("generation ended without a completion")  # pragma: no cover
+
+    def _stream(self, ids: list[int], max_tokens: int, sampler, stops: list[str]) -> Iterator[Piece]:
+        from .sampler import StopMatcher
+
+        todo = self._prepare_cache(ids)
+        timings = Timings(prompt_n=len(todo), cache_n=len(ids) - len(todo))
+        history = list(ids)
+        utf8, matcher = Utf8Stream(), StopMatcher(stops)
+        out_tokens, text, finish = [], [], "length"
+
+        def sample(logits):
+            return sampler.sample(logits, history)
+
+        steps = generate_step(self.model, self.cache, todo, sample, max_tokens) if max_tokens > 0 else iter(())
+        self.cached_tokens = list(ids)
+        for step in steps:
+            if step.prompt_ms:
+                timings.prompt_ms = step.prompt_ms
+            else:
+                timings.predicted_ms += step.eval_ms
+            tok = step.token
+            if out_tokens:  # the previous token went through the cache to produce this step
+                self.cached_tokens.append(out_tokens[-1])
+            sampler.accept(tok)
+            history.append(tok)
+            if self.tokenizer.is_eog(tok):
+                finish = "stop"
+                break
+            out_tokens.append(tok)
+            piece, stopped = matcher.feed(utf8.push(self.tokenizer.token_to_piece(tok)))
+            if piece:
+                text.append(piece)
+                yield Piece(piece, tok)
+            if stopped:
+                finish = "stop"
+                break
+        else:
+            tail, _ = matcher.feed(utf8.flush())
+            rest = tail + matcher.flush()
+            if rest:
+                text.append(rest)
+                yield Piece(rest, None)
+        steps.close() if hasattr(steps, "close") else None
+        timings.predicted_n = len(out_tokens)
+        done = Completion("".join(text), out_tokens, finish, len(ids), timings)
+        yield Piece("", None, finish, done)
+
+    # --- chat
+    def chat_template(self, name: str | None = None):
+        from .chat_template import ChatTemplate
+
+        if name is not None:
+            return ChatTemplate.from_gguf_metadata(self.gguf.metadata, self.tokenizer.tokens, name=name)
+        if self._template is None:
+            self._template = ChatTemplate.from_gguf_metadata(self.gguf.metadata, self.tokenizer.tokens)
+        return self._template
+
+    def apply_template(self, messages, add_generation_prompt: bool = True, template: str | None = None, **kw) -> str:
+        return self.chat_template(template).render(messages, add_generation_prompt=add_generation_prompt, **kw)
+
+    def chat(self, messages, template: str | None = None, stream: bool = False, **kw):
+        """Generate the assistant's reply to `messages`; the result's `.message` is the reply."""
+        prompt = self.apply_template(messages, template=template)
+        # the rendered template already holds BOS where the template wants it (llama.cpp tokenizes chat
+        # prompts with add_special only if the template does not start with BOS)
+        bos = self.tokenizer.bos_text
+        ids = self.tokenize(prompt, add_bos=not (bos and prompt.startswith(bos)), special=True)
+        result = self.generate(ids, stream=stream, **kw)
+        if stream:
+            return result
+        result.message = {"role": "assistant", "content": result.text}
+        return result
