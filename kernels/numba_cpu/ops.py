@@ -1,0 +1,559 @@
+"""Elementwise ops and attention as Numba kernels, with the semantics of `kernels.ops_numpy`.
+
+Every op has a serial and a parallel driver around the same row (or item) function: small inputs
+(decode) skip the cost of starting the thread pool. rope and gelu do the same float32 operations as
+the reference (gelu bit for bit: the fp16 rounding is done with integer ops); rms_norm too, but its
+double sum is reassociated so that it vectorizes. softmax, silu and attention use a vectorizable
+polynomial exp (`_exp`, within 3e-7 of expf; ggml's SIMD paths use their own polynomial too) and
+'reassoc' so that dot products and sums vectorize.
+
+Attention is a two-pass softmax per work item (token t, kv head g, kv chunk c) covering the
+n_head/n_head_kv query heads that share kv head g, so each K and V row is loaded once per group:
+pass 1 computes the visible scores and their max, pass 2 exponentiates and accumulates V. When there
+are few items (decode with few kv heads) the kv range is split into chunks whose partial
+(max, sum, unnormalised output) are merged afterwards (split-K, "flash-decoding").
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from ..base import RopeParams
+from .rows_common import as_f32
+from ..ops_numpy import (
+    GELU_F16_TABLE,
+    NumpyOps,
+    check_attention,
+    check_rope,
+    rope_freq_factors,
+    rope_scalars,
+)
+
+F32 = np.float32
+ZERO = np.float32(0.0)
+ONE = np.float32(1.0)
+TEN = np.float32(10.0)
+NEG_INF = np.float32(-np.inf)
+TWO24 = np.float32(16777216.0)
+MIN_RAMP = np.float32(0.001)
+
+_JIT = dict(cache=True, nogil=True, boundscheck=False, error_model="numpy")
+# reductions and dot products: reassociation lets LLVM vectorize them; no 'ninf'/'nnan' (masked
+# scores are -inf).
+_JIT_FAST = dict(_JIT, fastmath={"reassoc", "contract", "nsz", "arcp"})
+
+PAR_MIN = 1 << 15  # elements (or multiply-adds for attention) below which a kernel runs serially
+
+
+# --- a vectorizable expf (Cephes polynomial, <= 3e-7 relative error; ggml's own SIMD silu and
+# softmax use a polynomial exp too, ggml_v_expf)
+
+_LOG2E = np.float32(1.4426950408889634)
+_LN2_HI = np.float32(0.693359375)
+_LN2_LO = np.float32(-2.12194440e-4)
+_EXP_LO = np.float32(-86.64)      # below: 0 (exp < 2.5e-38, near the subnormals)
+_EXP_HI = np.float32(88.7228391)   # above: +inf (log FLT_MAX)
+_TWO = np.float32(2.0)
+_INF = np.float32(np.inf)
+_P0, _P1, _P2 = np.float32(1.9875691500e-4), np.float32(1.3981999507e-3), np.float32(8.3334519073e-3)
+_P3, _P4, _P5 = np.float32(4.1665795894e-2), np.float32(1.6666665459e-1), np.float32(5.0000001201e-1)
+
+
+@njit(inline="always", **_JIT_FAST)
+def _exp(x):
+    xc = min(max(x, _EXP_LO), _EXP_HI)
+    n = np.rint(xc * _LOG2E)
+    r = xc - n * _LN2_HI
+    r = r - n * _LN2_LO
+    p = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
+    p = p * r * r + r + ONE
+    y = (p * as_f32(np.uint32((np.int32(n) + np.int32(126)) << np.int32(23)))) * _TWO   # p * 2**n
+    y = ZERO if x < _EXP_LO else y
+    return _INF if x > _EXP_HI else y
+
+
+# --- rms_norm
+
+
+@njit(**_JIT_FAST)
+def _rms_row(x, w, has_w, eps, y):
+    n = x.shape[0]
+    s = 0.0
+    for j in range(n):
+        v = x[j] * x[j]
+        s += np.float64(v)
+    mean = np.float32(s / n)
+    scale = ONE / np.sqrt(mean + eps)
+    if has_w:
+        for j in range(n):
+            y[j] = (x[j] * scale) * w[j]
+    else:
+        for j in range(n):
+            y[j] = x[j] * scale
+
+
+@njit(parallel=True, **_JIT)
+def _rms_norm_par(x, w, has_w, eps, y):
+    for i in prange(x.shape[0]):
+        _rms_row(x[i], w, has_w, eps, y[i])
+
+
+@njit(**_JIT)
+def _rms_norm_ser(x, w, has_w, eps, y):
+    for i in range(x.shape[0]):
+        _rms_row(x[i], w, has_w, eps, y[i])
+
+
+# --- rope
+
+
+@njit(**_JIT)
+def _rope_cache(pos, half, theta_scale, freq_scale, ext_factor, mscale, low, high, ff, has_ff, cs, sn):
+    """ggml_rope_cache_init for one position: cos/sin of each pair, mscale included."""
+    theta = np.float32(pos)
+    span = high - low
+    denom = MIN_RAMP if MIN_RAMP > span else span
+    for i in range(half):
+        te = theta / ff[i] if has_ff else theta
+        ti = freq_scale * te
+        if ext_factor != ZERO:
+            y = (np.float32(i) - low) / denom
+            r = ONE - min(ONE, max(ZERO, y))
+            mix = r * ext_factor
+            th = ti * (ONE - mix) + te * mix
+        else:
+            th = ti
+        cs[i] = np.float32(math.cos(np.float64(th))) * mscale
+        sn[i] = np.float32(math.sin(np.float64(th))) * mscale
+        theta = theta * theta_scale
+
+
+@njit(**_JIT)
+def _rope_token(x, out, t, pos, n_dims, neox, theta_scale, freq_scale, ext_factor, mscale, low, high, ff, has_ff):
+    half = n_dims // 2
+    cs = np.empty(half, np.float32)
+    sn = np.empty(half, np.float32)
+    _rope_cache(pos[t], half, theta_scale, freq_scale, ext_factor, mscale, low, high, ff, has_ff, cs, sn)
+    n_head, head_dim = x.shape[1], x.shape[2]
+    for h in range(n_head):
+        xr = x[t, h]
+        yr = out[t, h]
+        if neox:
+            for i in range(half):
+                x0 = xr[i]
+                x1 = xr[i + half]
+                yr[i] = x0 * cs[i] - x1 * sn[i]
+                yr[i + half] = x0 * sn[i] + x1 * cs[i]
+        else:
+            for i in range(half):
+                x0 = xr[2 * i]
+                x1 = xr[2 * i + 1]
+                yr[2 * i] = x0 * cs[i] - x1 * sn[i]
+                yr[2 * i + 1] = x0 * sn[i] + x1 * cs[i]
+        for d in range(n_dims, head_dim):
+            yr[d] = xr[d]
+
+
+@njit(parallel=True, **_JIT)
+def _rope_par(x, out, pos, n_dims, neox, theta_scale, freq_scale, ext_factor, mscale, low, high, ff, has_ff):
+    for t in prange(x.shape[0]):
+        _rope_token(x, out, t, pos, n_dims, neox, theta_scale, freq_scale, ext_factor, mscale, low, high, ff, has_ff)
+
+
+@njit(**_JIT)
+def _rope_ser(x, out, pos, n_dims, neox, theta_scale, freq_scale, ext_factor, mscale, low, high, ff, has_ff):
+    for t in range(x.shape[0]):
+        _rope_token(x, out, t, pos, n_dims, neox, theta_scale, freq_scale, ext_factor, mscale, low, high, ff, has_ff)
+
+
+# --- softmax
+
+
+@njit(**_JIT_FAST)
+def _softmax_row(x, y):
+    n = x.shape[0]
+    m = NEG_INF
+    for j in range(n):
+        m = max(m, x[j])
+    s = 0.0
+    for j in range(n):
+        e = _exp(x[j] - m)
+        y[j] = e
+        s += np.float64(e)
+    inv = np.float32(1.0 / s)
+    for j in range(n):
+        y[j] = y[j] * inv
+
+
+@njit(parallel=True, **_JIT)
+def _softmax_par(x, y):
+    for i in prange(x.shape[0]):
+        _softmax_row(x[i], y[i])
+
+
+@njit(**_JIT)
+def _softmax_ser(x, y):
+    for i in range(x.shape[0]):
+        _softmax_row(x[i], y[i])
+
+
+# --- silu, gelu and their gated forms. Elementwise over flat arrays, in blocks of BLOCK elements.
+
+BLOCK = 4096
+
+
+@njit(inline="always", **_JIT)
+def _silu(v):
+    return v / (ONE + _exp(-v))
+
+
+@njit(inline="always", **_JIT)
+def _gelu(v, vb):
+    """ggml_vec_gelu_f32 with GGML_GELU_FP16: table lookup at fp16(v) (round to nearest even)."""
+    if v <= -TEN:
+        return ZERO
+    if v >= TEN or v != v:
+        return v
+    u = np.int64(vb)
+    sign = (u >> 16) & 0x8000
+    a = u & 0x7FFFFFFF
+    if a < 0x38800000:  # |v| < 2**-14: fp16 subnormal (or zero), quantum 2**-24
+        hb = sign | np.int64(np.rint(abs(v) * TWO24))
+    else:  # rebias the exponent, round the mantissa from 23 to 10 bits (ties to even)
+        hb = sign | ((a - 0x38000000 + 0xFFF + ((a >> 13) & 1)) >> 13)
+    return GELU_F16_TABLE[hb]
+
+
+@njit(**_JIT_FAST)
+def _act_block(kind, x, xb, g, y, b):
+    i0 = b * BLOCK
+    i1 = min(x.shape[0], i0 + BLOCK)
+    if kind == 0:
+        for i in range(i0, i1):
+            y[i] = _silu(x[i])
+    elif kind == 1:
+        for i in range(i0, i1):
+            y[i] = _gelu(x[i], xb[i])
+    elif kind == 2:
+        for i in range(i0, i1):
+            y[i] = _silu(x[i]) * g[i]
+    else:
+        for i in range(i0, i1):
+            y[i] = _gelu(x[i], xb[i]) * g[i]
+
+
+@njit(parallel=True, **_JIT)
+def _act_par(kind, x, g, y):
+    xb = x.view(np.uint32)
+    for b in prange((x.shape[0] + BLOCK - 1) // BLOCK):
+        _act_block(kind, x, xb, g, y, b)
+
+
+@njit(**_JIT)
+def _act_ser(kind, x, g, y):
+    xb = x.view(np.uint32)
+    for b in range((x.shape[0] + BLOCK - 1) // BLOCK):
+        _act_block(kind, x, xb, g, y, b)
+
+
+# --- attention
+
+
+@njit(**_JIT_FAST)
+def _attn_chunk(q, k, v, t, g, group, j0, j1, qp, kv_pos, scale, window, m, l, acc):
+    """The `group` query heads of kv head g (token t) against kv rows [j0, j1): per head the max m
+    of the visible scores, the sum l of exp(s - m) and the unnormalised output acc = sum exp(s - m) v."""
+    d_k = q.shape[2]
+    d_v = v.shape[2]
+    h0 = g * group
+    for r in range(group):
+        m[r] = NEG_INF
+        l[r] = 0.0
+        for d in range(d_v):
+            acc[r, d] = ZERO
+    # the visible rows, compacted: causal and sliding-window masks cost nothing below
+    idx = np.empty(max(j1 - j0, 1), np.int64)
+    nv = 0
+    for j in range(j0, j1):
+        kp = kv_pos[j]
+        if kp >= 0 and kp <= qp and (window <= 0 or qp - kp < window):
+            idx[nv] = j
+            nv += 1
+    if nv == 0:
+        return
+    s = np.empty((group, nv), np.float32)
+    # scores, four kv rows at a time (each q element loaded once for four dot products)
+    p = 0
+    while p + 4 <= nv:
+        ja, jb, jc, jd = idx[p], idx[p + 1], idx[p + 2], idx[p + 3]
+        for r in range(group):
+            a0 = ZERO
+            a1 = ZERO
+            a2 = ZERO
+            a3 = ZERO
+            for d in range(d_k):
+                qd = q[t, h0 + r, d]
+                a0 += qd * k[ja, g, d]
+                a1 += qd * k[jb, g, d]
+                a2 += qd * k[jc, g, d]
+                a3 += qd * k[jd, g, d]
+            s[r, p] = a0 * scale
+            s[r, p + 1] = a1 * scale
+            s[r, p + 2] = a2 * scale
+            s[r, p + 3] = a3 * scale
+        p += 4
+    while p < nv:
+        ja = idx[p]
+        for r in range(group):
+            a0 = ZERO
+            for d in range(d_k):
+                a0 += q[t, h0 + r, d] * k[ja, g, d]
+            s[r, p] = a0 * scale
+        p += 1
+    # softmax numerators (vectorized exp), then the weighted sum of V rows
+    for r in range(group):
+        mr = NEG_INF
+        for p in range(nv):
+            mr = max(mr, s[r, p])
+        tot = 0.0
+        for p in range(nv):
+            e = _exp(s[r, p] - mr)
+            s[r, p] = e
+            tot += np.float64(e)
+        m[r] = mr
+        l[r] = tot
+    for p in range(nv):
+        j = idx[p]
+        for r in range(group):
+            e = s[r, p]
+            for d in range(d_v):
+                acc[r, d] += e * v[j, g, d]
+
+
+@njit(**_JIT_FAST)
+def _attn_item(it, q, k, v, q_pos, kv_pos, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf):
+    n_tok, n_head = q.shape[0], q.shape[1]
+    n_kv, n_head_kv = k.shape[0], k.shape[1]
+    d_v = v.shape[2]
+    group = n_head // n_head_kv
+    c = it % n_chunks
+    rest = it // n_chunks
+    g = rest % n_head_kv
+    ti = rest // n_head_kv
+    # zigzag over tokens: prange splits items into contiguous ranges, and with a causal mask late
+    # tokens cost more; pairing early and late tokens balances the threads.
+    t = ti // 2 if ti % 2 == 0 else n_tok - 1 - ti // 2
+    csize = (n_kv + n_chunks - 1) // n_chunks
+    j0 = min(n_kv, c * csize)
+    j1 = min(n_kv, j0 + csize)
+    m = np.empty(group, np.float32)
+    l = np.empty(group, np.float64)
+    acc = np.empty((group, d_v), np.float32)
+    _attn_chunk(q, k, v, t, g, group, j0, j1, q_pos[t], kv_pos, scale, window, m, l, acc)
+    h0 = g * group
+    if n_chunks > 1:
+        for r in range(group):
+            mbuf[t, h0 + r, c] = m[r]
+            lbuf[t, h0 + r, c] = l[r]
+            for d in range(d_v):
+                abuf[t, h0 + r, c, d] = acc[r, d]
+        return
+    for r in range(group):
+        h = h0 + r
+        mx = m[r]
+        if has_sinks and sinks[h] > mx:
+            mx = sinks[h]
+        if mx == NEG_INF:
+            for d in range(d_v):
+                out[t, h, d] = ZERO
+            continue
+        w = np.exp(m[r] - mx)
+        tot = l[r] * np.float64(w)
+        if has_sinks:
+            tot += np.float64(np.exp(sinks[h] - mx))
+        f = w * np.float32(1.0 / tot)
+        for d in range(d_v):
+            out[t, h, d] = acc[r, d] * f
+
+
+@njit(parallel=True, **_JIT)
+def _attn_par(q, k, v, q_pos, kv_pos, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf):
+    n_items = q.shape[0] * k.shape[1] * n_chunks
+    for it in prange(n_items):
+        _attn_item(it, q, k, v, q_pos, kv_pos, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf)
+
+
+@njit(**_JIT)
+def _attn_ser(q, k, v, q_pos, kv_pos, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf):
+    n_items = q.shape[0] * k.shape[1] * n_chunks
+    for it in range(n_items):
+        _attn_item(it, q, k, v, q_pos, kv_pos, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf)
+
+
+@njit(parallel=True, **_JIT_FAST)
+def _attn_combine(mbuf, lbuf, abuf, sinks, has_sinks, out):
+    n_tok, n_head, n_chunks = mbuf.shape
+    d_v = out.shape[2]
+    for it in prange(n_tok * n_head):
+        t = it // n_head
+        h = it % n_head
+        mx = NEG_INF
+        for c in range(n_chunks):
+            mx = max(mx, mbuf[t, h, c])
+        if has_sinks:
+            mx = max(mx, sinks[h])
+        o = out[t, h]
+        for d in range(d_v):
+            o[d] = ZERO
+        if mx == NEG_INF:
+            continue
+        tot = 0.0
+        for c in range(n_chunks):
+            if mbuf[t, h, c] == NEG_INF:
+                continue
+            w = np.exp(mbuf[t, h, c] - mx)
+            tot += lbuf[t, h, c] * np.float64(w)
+            for d in range(d_v):
+                o[d] += w * abuf[t, h, c, d]
+        if has_sinks:
+            tot += np.float64(np.exp(sinks[h] - mx))
+        f = np.float32(1.0 / tot)
+        for d in range(d_v):
+            o[d] = o[d] * f
+
+
+def _f32c(x) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+class NumbaOps(NumpyOps):
+    """NumpyOps with Numba kernels for the ops a forward pass spends its time in."""
+
+    def _threads(self) -> int:
+        """Applies the backend's n_threads (if it has one) to Numba's pool; returns the count."""
+        n = getattr(self, "n_threads", None)
+        if n:
+            n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
+            if numba.get_num_threads() != n:
+                numba.set_num_threads(n)
+            return n
+        return numba.get_num_threads()
+
+    def _parallel(self, work: int) -> bool:
+        return work >= PAR_MIN and self._threads() > 1
+
+    def rms_norm(self, x, weight, eps: float):
+        x = _f32c(x)
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        y = np.empty_like(x2)
+        has_w = weight is not None
+        w = _f32c(weight) if has_w else np.zeros(1, np.float32)
+        if has_w and w.shape != (shape[-1],):
+            raise ValueError(f"rms_norm weight {w.shape} does not match rows of {shape[-1]}")
+        (_rms_norm_par if self._parallel(x2.size) else _rms_norm_ser)(x2, w, has_w, np.float32(eps), y)
+        return y.reshape(shape)
+
+    def rope(self, x, positions, p: RopeParams):
+        x = _f32c(x)
+        squeeze = x.ndim == 2
+        if squeeze:
+            x = x[:, None, :]
+        check_rope(x.shape, p)
+        pos = np.ascontiguousarray(np.asarray(positions).reshape(-1), dtype=np.int64)
+        if pos.shape[0] != x.shape[0]:
+            raise ValueError(f"rope: {pos.shape[0]} positions for {x.shape[0]} tokens")
+        theta_scale, freq_scale, ext_factor, mscale, low, high = rope_scalars(p)
+        ff = rope_freq_factors(p)
+        has_ff = ff is not None
+        if not has_ff:
+            ff = np.ones(1, np.float32)
+        out = np.empty_like(x)
+        kern = _rope_par if (x.shape[0] > 1 and self._parallel(x.size)) else _rope_ser
+        kern(x, out, pos, p.n_dims, p.mode == "neox", theta_scale, freq_scale, ext_factor, mscale, low, high,
+             ff, has_ff)
+        return out[:, 0, :] if squeeze else out
+
+    def softmax(self, x):
+        x = _f32c(x)
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        y = np.empty_like(x2)
+        (_softmax_par if (x2.shape[0] > 1 and self._parallel(x2.size)) else _softmax_ser)(x2, y)
+        return y.reshape(shape)
+
+    def _act(self, kind: int, x, g=None):
+        x = _f32c(x)
+        shape = x.shape
+        xf = x.reshape(-1)
+        if g is None:
+            gf = xf
+        else:
+            gf = _f32c(g).reshape(-1)
+            if gf.shape != xf.shape:
+                raise ValueError(f"gate {shape} and up {np.shape(g)} differ")
+        y = np.empty_like(xf)
+        (_act_par if self._parallel(xf.size * 4) else _act_ser)(kind, xf, gf, y)
+        return y.reshape(shape)
+
+    def silu(self, x):
+        return self._act(0, x)
+
+    def gelu(self, x):
+        return self._act(1, x)
+
+    def swiglu(self, gate, up):
+        return self._act(2, gate, up)
+
+    def geglu(self, gate, up):
+        return self._act(3, gate, up)
+
+    def _kv_chunks(self, n_items: int, n_kv: int, parallel: bool) -> int:
+        """How many pieces to split the kv range into (split-K): only when there are too few
+        (token, kv head) items to keep the threads busy, in pieces of at least 256 rows."""
+        nt = self._threads()
+        if not parallel or n_items >= 4 * nt or n_kv < 512:
+            return 1
+        return max(1, min(-(-4 * nt // n_items), n_kv // 256))
+
+    def attention(self, q, k, v, q_pos, *, scale: float, window: int = 0, sinks=None, kv_pos=None):
+        q, k, v = _f32c(q), _f32c(k), _f32c(v)
+        check_attention(q, k, v)
+        n_tok, n_head, d_k = q.shape
+        n_kv, n_head_kv, d_v = v.shape
+        qp = np.ascontiguousarray(np.asarray(q_pos).reshape(-1), dtype=np.int64)
+        if qp.shape[0] != n_tok:
+            raise ValueError(f"attention: {qp.shape[0]} query positions for {n_tok} tokens")
+        if kv_pos is None:
+            kp = np.arange(n_kv, dtype=np.int64)
+        else:
+            kp = np.ascontiguousarray(np.asarray(kv_pos).reshape(-1), dtype=np.int64)
+            if kp.shape[0] != n_kv:
+                raise ValueError(f"attention: {kp.shape[0]} kv positions for {n_kv} cache rows")
+        has_sinks = sinks is not None
+        sk = _f32c(sinks).reshape(n_head) if has_sinks else np.zeros(1, np.float32)
+        out = np.empty((n_tok, n_head, d_v), np.float32)
+        if n_tok == 0:
+            return out
+        parallel = self._parallel(n_tok * n_head * max(n_kv, 1) * (d_k + d_v))
+        n_chunks = self._kv_chunks(n_tok * n_head_kv, n_kv, parallel)
+        if n_chunks > 1:
+            mbuf = np.empty((n_tok, n_head, n_chunks), np.float32)
+            lbuf = np.empty((n_tok, n_head, n_chunks), np.float64)
+            abuf = np.empty((n_tok, n_head, n_chunks, d_v), np.float32)
+        else:
+            mbuf = np.empty((1, 1, 1), np.float32)
+            lbuf = np.empty((1, 1, 1), np.float64)
+            abuf = np.empty((1, 1, 1, 1), np.float32)
+        kern = _attn_par if parallel else _attn_ser
+        kern(q, k, v, qp, kp, np.float32(scale), np.int64(window or 0), sk, has_sinks, n_chunks, out, mbuf, lbuf, abuf)
+        if n_chunks > 1:
+            _attn_combine(mbuf, lbuf, abuf, sk, has_sinks, out)
+        return out
+
+
+__all__ = ["NumbaOps"]

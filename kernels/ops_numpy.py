@@ -1,0 +1,279 @@
+"""Elementwise ops and attention in NumPy, with ggml's CPU semantics (the reference for every backend).
+
+Each op follows the ggml CPU code (ggml-org/ggml `src/ggml-cpu/ops.cpp`, `vec.h`, `ggml.c`; the same
+files live under `ggml/src/` in llama.cpp) down to the float32 roundings where that is cheap:
+
+* rms_norm (`ggml_compute_forward_rms_norm_f32`): `sum += (double)(x*x)` (the square in f32, the
+  sum in double); `mean = (float)(sum/n)`; `scale = 1.0f/sqrtf(mean + eps)`; `y = (x*scale)*w` in f32.
+* rope (`ggml_compute_forward_rope_flt`, `ggml_rope_cache_init`, `rope_yarn`, `rope_yarn_ramp`):
+  `theta_scale = powf(freq_base, -2.0f/n_dims)`; per position the angle starts at `(float)pos` and is
+  multiplied by `theta_scale` once per pair *in float32* (`theta *= theta_scale`: a running product,
+  not `pos * theta_scale**i`); pair i uses `theta_extrap = theta/freq_factors[i]`,
+  `theta_interp = freq_scale*theta_extrap`; with YaRN (`ext_factor != 0`)
+  `ramp = 1 - clamp((i - low)/max(0.001f, high - low), 0, 1)`, `mix = ramp*ext_factor`,
+  `theta = theta_interp*(1-mix) + theta_extrap*mix`, `mscale = attn_factor*(1 + 0.1f*logf(1/freq_scale))`;
+  `cos = cosf(theta)*mscale`, `sin = sinf(theta)*mscale` (cosf/sinf/logf/powf are evaluated in double
+  and rounded, i.e. correctly rounded float results). Corr dims as `ggml_rope_yarn_corr_dims` (ggml.c):
+  `low = max(0, floorf(corr(beta_fast)))`, `high = min(n_dims-1, ceilf(corr(beta_slow)))`,
+  `corr(b) = n_dims*logf(n_ctx_orig/(b*2*pi)) / (2*logf(freq_base))`. NORMAL rotates
+  (x[2i], x[2i+1]), NEOX (x[i], x[i+n_dims/2]); dims >= n_dims pass through unchanged.
+* softmax (`ggml_compute_forward_soft_max_f32`): `e = exp(x - max)` in f32, the sum in double,
+  `y = e * (float)(1/sum)`.
+* silu: `x/(1+expf(-x))`. gelu: ggml's *CPU* gelu, which is the tanh approximation
+  `0.5x(1+tanh(sqrt(2/pi) x (1+0.044715x^2)))` looked up in an fp16 table (`GGML_GELU_FP16`, vec.h):
+  `x <= -10 -> 0`, `x >= 10 -> x`, otherwise `fp16(gelu_f32(fp16(x)))`. `gelu_tanh` is the plain
+  float32 formula (what the GPU backends of ggml compute).
+* attention: scores `(q.k)*scale`, causal mask `kv_pos <= q_pos`, sliding window as llama.cpp's
+  `llama_hparams::is_masked_swa` with `LLAMA_SWA_TYPE_STANDARD` (src/llama-hparams.h): masked iff
+  `q_pos - kv_pos >= window`, so a query sees itself and the `window-1` positions before it;
+  `kv_pos < 0` marks an empty cache slot (masked). Softmax with optional per-head sinks as
+  `ggml_soft_max_ext` + `ggml_soft_max_add_sinks`: `M = max(max_j s_j, sink)`,
+  `p_j = exp(s_j - M) / (sum_j exp(s_j - M) + exp(sink - M))`; the sink is not scaled and carries no
+  value. A query that sees no key (and has no sink) gets zeros (ggml would produce NaN).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from .base import RopeParams
+
+F32 = np.float32
+
+
+# --- float32 helpers that mirror the C library calls ggml makes
+
+
+def _logf(x) -> np.float32:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return F32(np.log(np.float64(F32(x))))
+
+
+def _powf(x, y) -> np.float32:
+    return F32(np.float64(F32(x)) ** np.float64(F32(y)))
+
+
+def _gelu_tanh_f32(x: np.ndarray) -> np.ndarray:
+    """ggml_gelu_f32 in float32: 0.5f*x*(1.0f + tanhf(SQRT_2_OVER_PI*x*(1.0f + GELU_COEF_A*x*x)))."""
+    x = np.asarray(x, F32)
+    inner = F32(0.7978845608028654) * x * (F32(1.0) + F32(0.044715) * x * x)
+    t = np.tanh(inner.astype(np.float64)).astype(F32)
+    return F32(0.5) * x * (F32(1.0) + t)
+
+
+def _gelu_fp16_table() -> np.ndarray:
+    """ggml_table_gelu_f16 as float32: entry i = fp16(gelu_f32(fp16 with bits i))."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        xs = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(F32)
+        return _gelu_tanh_f32(xs).astype(np.float16).astype(F32)
+
+
+GELU_F16_TABLE = _gelu_fp16_table()
+
+
+# --- RoPE pieces shared with the other backends (small tables, computed on the host)
+
+
+def rope_corr_dims(n_dims: int, n_ctx_orig: int, freq_base: float, beta_fast: float, beta_slow: float):
+    """ggml_rope_yarn_corr_dims: (low, high) pair indices of the YaRN ramp, as float32."""
+
+    def corr_dim(beta):
+        # n_dims * logf(n_ctx_orig / (n_rot * 2 * (float)M_PI)) / (2 * logf(base))
+        denom = F32(beta) * F32(2.0) * F32(np.pi)
+        with np.errstate(divide="ignore"):
+            return F32(n_dims) * _logf(F32(n_ctx_orig) / denom) / (F32(2.0) * _logf(freq_base))
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        start = F32(np.floor(corr_dim(beta_fast)))
+        end = F32(np.ceil(corr_dim(beta_slow)))
+    low = F32(0.0) if F32(0.0) > start else start           # MAX(0, start)
+    high = F32(n_dims - 1) if F32(n_dims - 1) < end else end  # MIN(n_dims - 1, end)
+    return low, high
+
+
+def rope_scalars(p: RopeParams):
+    """The float32 constants of one rope call: (theta_scale, freq_scale, ext_factor, mscale, low, high)."""
+    return _rope_scalars(p.n_dims, p.freq_base, p.freq_scale, p.ext_factor, p.attn_factor, p.beta_fast,
+                         p.beta_slow, p.n_ctx_orig)
+
+
+@functools.lru_cache(maxsize=256)
+def _rope_scalars(n_dims, freq_base, freq_scale, ext_factor, attn_factor, beta_fast, beta_slow, n_ctx_orig):
+    theta_scale = _powf(freq_base, F32(-2.0) / F32(n_dims))
+    freq_scale = F32(freq_scale)
+    ext_factor = F32(ext_factor)
+    mscale = F32(attn_factor)
+    if ext_factor != 0:
+        mscale = F32(mscale * (F32(1.0) + F32(0.1) * _logf(F32(1.0) / freq_scale)))
+    low, high = rope_corr_dims(n_dims, n_ctx_orig, freq_base, beta_fast, beta_slow)
+    return theta_scale, freq_scale, ext_factor, mscale, low, high
+
+
+def rope_freq_factors(p: RopeParams) -> np.ndarray | None:
+    if p.freq_factors is None:
+        return None
+    ff = np.ascontiguousarray(p.freq_factors, dtype=F32).reshape(-1)
+    if ff.shape[0] < p.n_dims // 2:
+        raise ValueError(f"freq_factors has {ff.shape[0]} entries, rope needs n_dims/2 = {p.n_dims // 2}")
+    return ff[: p.n_dims // 2]
+
+
+def rope_cos_sin(positions, p: RopeParams) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin (n_tok, n_dims/2) float32 as ggml_rope_cache_init fills its cache (mscale included)."""
+    pos = np.asarray(positions).reshape(-1)
+    half = p.n_dims // 2
+    theta_scale, freq_scale, ext_factor, mscale, low, high = rope_scalars(p)
+    # theta_i = ((float)pos * ts) * ts ... : a float32 running product, like `theta *= theta_scale`
+    steps = np.full((pos.shape[0], half), theta_scale, dtype=F32)
+    if half:
+        steps[:, 0] = pos.astype(F32)
+    theta = np.multiply.accumulate(steps, axis=1, dtype=F32)
+    ff = rope_freq_factors(p)
+    theta_extrap = theta / ff[None, :] if ff is not None else theta
+    theta_interp = freq_scale * theta_extrap
+    if ext_factor != 0:
+        y = (np.arange(half, dtype=F32) - low) / max(F32(0.001), F32(high - low))
+        ramp = F32(1.0) - np.minimum(F32(1.0), np.maximum(F32(0.0), y))
+        mix = ramp * ext_factor
+        th = theta_interp * (F32(1.0) - mix)[None, :] + theta_extrap * mix[None, :]
+    else:
+        th = theta_interp
+    th64 = th.astype(np.float64)
+    cos = np.cos(th64).astype(F32) * mscale
+    sin = np.sin(th64).astype(F32) * mscale
+    return cos, sin
+
+
+def check_rope(x_shape, p: RopeParams) -> None:
+    if p.mode not in ("normal", "neox"):
+        raise ValueError(f"unknown rope mode {p.mode!r} (normal | neox)")
+    if p.n_dims % 2 or p.n_dims <= 0 or p.n_dims > x_shape[-1]:
+        raise ValueError(f"rope n_dims {p.n_dims} must be even and <= head_dim {x_shape[-1]}")
+
+
+def attention_mask(q_pos: np.ndarray, kv_pos: np.ndarray, window: int) -> np.ndarray:
+    """(n_tok, n_kv) bool, True where the key is visible (see the module doc for the convention)."""
+    qp = np.asarray(q_pos, np.int64)[:, None]
+    kp = np.asarray(kv_pos, np.int64)[None, :]
+    vis = (kp >= 0) & (kp <= qp)
+    if window > 0:
+        vis &= (qp - kp) < window
+    return vis
+
+
+def check_attention(q, k, v):
+    if q.ndim != 3 or k.ndim != 3 or v.ndim != 3:
+        raise ValueError("attention takes q (n_tok, n_head, d), k and v (n_kv, n_head_kv, d)")
+    n_head, n_head_kv = q.shape[1], k.shape[1]
+    if v.shape[:2] != k.shape[:2] or q.shape[2] != k.shape[2]:
+        raise ValueError(f"attention shapes do not match: q {q.shape}, k {k.shape}, v {v.shape}")
+    if n_head_kv == 0 or n_head % n_head_kv:
+        raise ValueError(f"n_head {n_head} is not a multiple of n_head_kv {n_head_kv}")
+
+
+class NumpyOps:
+    """Elementwise ops and attention on float32 NumPy arrays (mixin of the NumPy backend)."""
+
+    def rms_norm(self, x, weight, eps: float):
+        x = np.asarray(x, F32)
+        n = x.shape[-1]
+        ssum = np.sum((x * x).astype(np.float64), axis=-1, keepdims=True)
+        mean = (ssum / n).astype(F32)
+        scale = F32(1.0) / np.sqrt(mean + F32(eps))
+        y = x * scale
+        if weight is not None:
+            y = y * np.asarray(weight, F32)
+        return y
+
+    def rope(self, x, positions, p: RopeParams):
+        x = np.asarray(x, F32)
+        squeeze = x.ndim == 2
+        if squeeze:
+            x = x[:, None, :]
+        check_rope(x.shape, p)
+        half = p.n_dims // 2
+        cos, sin = rope_cos_sin(positions, p)
+        if cos.shape[0] != x.shape[0]:
+            raise ValueError(f"rope: {cos.shape[0]} positions for {x.shape[0]} tokens")
+        cos, sin = cos[:, None, :], sin[:, None, :]
+        out = x.copy()
+        if p.mode == "normal":
+            x0, x1 = x[..., 0 : p.n_dims : 2], x[..., 1 : p.n_dims : 2]
+            out[..., 0 : p.n_dims : 2] = x0 * cos - x1 * sin
+            out[..., 1 : p.n_dims : 2] = x0 * sin + x1 * cos
+        else:
+            x0, x1 = x[..., :half], x[..., half : p.n_dims]
+            out[..., :half] = x0 * cos - x1 * sin
+            out[..., half : p.n_dims] = x0 * sin + x1 * cos
+        return out[:, 0, :] if squeeze else out
+
+    def softmax(self, x):
+        x = np.asarray(x, F32)
+        m = np.max(x, axis=-1, keepdims=True)
+        e = np.exp(x - m)
+        s = np.sum(e.astype(np.float64), axis=-1, keepdims=True)
+        return e * (1.0 / s).astype(F32)
+
+    def silu(self, x):
+        x = np.asarray(x, F32)
+        with np.errstate(over="ignore"):
+            return x / (F32(1.0) + np.exp(-x))
+
+    def gelu(self, x):
+        x = np.asarray(x, F32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            y = GELU_F16_TABLE[x.astype(np.float16).view(np.uint16)]
+        y = np.where(x >= F32(10.0), x, y)
+        return np.where(x <= F32(-10.0), F32(0.0), y).astype(F32)
+
+    def gelu_tanh(self, x):
+        with np.errstate(over="ignore", invalid="ignore"):
+            return _gelu_tanh_f32(x)
+
+    def swiglu(self, gate, up):
+        return self.silu(gate) * np.asarray(up, F32)
+
+    def geglu(self, gate, up):
+        return self.gelu(gate) * np.asarray(up, F32)
+
+    def attention(self, q, k, v, q_pos, *, scale: float, window: int = 0, sinks=None, kv_pos=None):
+        q, k, v = (np.asarray(a, F32) for a in (q, k, v))
+        check_attention(q, k, v)
+        n_tok, n_head, _ = q.shape
+        n_kv, n_head_kv, dv = v.shape
+        group = n_head // n_head_kv
+        q_pos = np.asarray(q_pos, np.int64).reshape(-1)
+        kv_pos = np.arange(n_kv, dtype=np.int64) if kv_pos is None else np.asarray(kv_pos, np.int64).reshape(-1)
+        sk = None if sinks is None else np.asarray(sinks, F32).reshape(n_head)
+        vis = attention_mask(q_pos, kv_pos, int(window or 0))
+        out = np.empty((n_tok, n_head, dv), F32)
+        kt = k.transpose(1, 2, 0)                      # (n_head_kv, d, n_kv)
+        vt = v.transpose(1, 0, 2)                      # (n_head_kv, n_kv, dv)
+        block = max(1, (1 << 22) // max(1, n_head * n_kv))   # bound the score matrix memory
+        for t0 in range(0, n_tok, block):
+            t1 = min(n_tok, t0 + block)
+            # (tb, n_head, d) -> (n_head_kv, group*tb, d): query head h = g*group + r uses kv head g
+            qg = q[t0:t1].reshape(t1 - t0, n_head_kv, group, -1).transpose(1, 2, 0, 3)
+            qg = qg.reshape(n_head_kv, group * (t1 - t0), -1)
+            s = (qg @ kt) * F32(scale)                 # (n_head_kv, group*tb, n_kv)
+            s = s.reshape(n_head, t1 - t0, n_kv)
+            s = np.where(vis[None, t0:t1], s, F32(-np.inf))
+            m = np.max(s, axis=-1, keepdims=True) if n_kv else np.full((n_head, t1 - t0, 1), -np.inf, F32)
+            if sk is not None:
+                m = np.maximum(m, sk[:, None, None])
+            m = np.where(np.isfinite(m), m, F32(0.0))
+            e = np.exp(s - m)
+            ssum = np.sum(e.astype(np.float64), axis=-1, keepdims=True)
+            if sk is not None:
+                ssum = ssum + np.exp(sk[:, None, None] - m).astype(np.float64)
+            with np.errstate(divide="ignore"):
+                inv = np.where(ssum > 0, 1.0 / ssum, 0.0).astype(F32)
+            pr = (e * inv).reshape(n_head_kv, group * (t1 - t0), n_kv)
+            o = (pr @ vt).reshape(n_head_kv, group, t1 - t0, dv)
+            out[t0:t1] = o.transpose(2, 0, 1, 3).reshape(t1 - t0, n_head, dv)
+        return out
+
+
+__all__ = ["GELU_F16_TABLE", "NumpyOps", "attention_mask", "rope_corr_dims", "rope_cos_sin", "rope_scalars"]
