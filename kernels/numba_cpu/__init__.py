@@ -1,0 +1,53 @@
+"""The "cpu" backend: Numba kernels.
+
+Products with quantized weights (`matmul`, `matmul_experts`, `get_rows`) read the GGML blocks
+directly (products.py, rows_*.py); elementwise ops and attention come from `NumbaOps` (ops.py).
+Weights are used in their GGML storage layout as `upload` returns them: no repacking, no copy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from quant import QTensor
+
+from . import products
+from .ops import NumbaOps
+
+
+class NumbaBackend(NumbaOps):
+    name = "cpu"
+
+    def __init__(self, n_threads: int | None = None):
+        import numba
+
+        max_threads = numba.config.NUMBA_NUM_THREADS
+        self.n_threads = max(1, min(int(n_threads or max_threads), max_threads))
+
+    # --- weights and transfers
+
+    def upload(self, t: QTensor) -> QTensor:
+        """Weights stay as they are (zero-copy views of the file); checks the type has kernels."""
+        if isinstance(t, QTensor) and len(t.shape) >= 2:
+            products.drivers(t.qtype)
+        return t
+
+    def asarray(self, x) -> np.ndarray:
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def to_numpy(self, x) -> np.ndarray:
+        return np.asarray(x)
+
+    # --- products with quantized weights
+
+    def matmul(self, x, w: QTensor) -> np.ndarray:
+        return products.matmul(x, w, self.n_threads)
+
+    def matmul_experts(self, x, w: QTensor, ids) -> np.ndarray:
+        return products.matmul_experts(x, w, ids, self.n_threads)
+
+    def get_rows(self, w: QTensor, ids) -> np.ndarray:
+        return products.get_rows(w, ids, self.n_threads)
+
+
+__all__ = ["NumbaBackend"]

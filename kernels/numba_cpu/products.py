@@ -1,0 +1,407 @@
+"""Quantized products on the CPU with Numba: the per-type row kernels behind parallel drivers.
+
+`ROW_KERNELS[qtype] = (dot, dequant_row)` maps each GGML type to its row kernels (rows_*.py). For
+each type two parallel drivers are compiled lazily, on first use, and cached on disk:
+
+* `groups` -- rows x groups of tokens. The weight is viewed as `(n_expert, n_out, row)` (a plain
+  matrix is one expert); tokens come in groups that share an expert (a plain matmul is one group,
+  a MoE product one group per chosen expert). `prange` runs over (group, chunk of rows). A group
+  of one token takes the row kernel's `dot` straight from the quantized blocks (decode,
+  matrix-vector); a bigger group dequantizes the chunk's rows once into a thread-local tile
+  (<= TILE_BYTES, so it stays in L2) and multiplies it with the group's tokens in register
+  blocks of 4 rows x 4 tokens (`tile_dot44`, ~75-110 GFLOP/s per AVX-512 core, about what
+  single-threaded OpenBLAS does). Every weight byte is read once per call, whatever the batch.
+* `dequant` -- selected rows dequantized (embedding lookups, `get_rows`; single-threaded).
+
+No BLAS in the batched path: one thread pool (numba's) does all the work. With OpenBLAS' own
+threads next to numba's, `x @ tile.T` ran 10-50x slower on the 2-vCPU test machine.
+
+Threads: a product runs on all `n_threads` only above PARALLEL_MIN_WORK multiply-adds; waking the
+pool costs 5-100 us on a small virtual machine (measured here: ~85 us, break-even near 2M),
+a few us on bare metal (where a lower threshold would pay).
+
+`matmul`, `matmul_experts` and `get_rows` below are the backend operations, with exactly the
+semantics of kernels.reference.NumpyBackend.
+
+Caching: the drivers are closures over two constants, the type id and a hash of the kernel sources
+(`KERNEL_HASH`), so numba's on-disk cache (keyed by this file and the closure's values) is reused
+across processes and invalidated when a row kernel changes. Compilation runs under
+`slp_compile_scope` (SLP vectorizer on; see rows_common).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import weakref
+from pathlib import Path
+
+# Numba's OpenMP threading layer reads this when it first starts its threads. GNU OpenMP's default
+# (spin, then sleep) costs milliseconds per parallel region when the machine has few cores (the
+# spinning workers compete with the main thread); PASSIVE wakes sleeping workers in a few us.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+from numba import njit, prange, types  # noqa: E402
+from numba.core import errors  # noqa: E402
+from numba.extending import overload  # noqa: E402
+
+from quant import GGMLType, QTensor  # noqa: E402
+
+from ..base import KernelError  # noqa: E402
+from . import rows_float, rows_k, rows_legacy  # noqa: E402
+from .rows_common import FM_DOT, slp_compile_scope  # noqa: E402
+from .rows_float import tile_dot44  # noqa: E402
+
+ROW_KERNELS: dict[GGMLType, tuple] = {
+    GGMLType.F32: (rows_float.dot_f32, rows_float.dequant_row_f32),
+    GGMLType.F16: (rows_float.dot_f16, rows_float.dequant_row_f16),
+    GGMLType.BF16: (rows_float.dot_bf16, rows_float.dequant_row_bf16),
+    GGMLType.Q4_0: (rows_legacy.dot_q4_0, rows_legacy.dequant_row_q4_0),
+    GGMLType.Q4_1: (rows_legacy.dot_q4_1, rows_legacy.dequant_row_q4_1),
+    GGMLType.Q5_0: (rows_legacy.dot_q5_0, rows_legacy.dequant_row_q5_0),
+    GGMLType.Q5_1: (rows_legacy.dot_q5_1, rows_legacy.dequant_row_q5_1),
+    GGMLType.Q8_0: (rows_legacy.dot_q8_0, rows_legacy.dequant_row_q8_0),
+    GGMLType.Q2_K: (rows_k.dot_q2_k, rows_k.dequant_row_q2_k),
+    GGMLType.Q3_K: (rows_k.dot_q3_k, rows_k.dequant_row_q3_k),
+    GGMLType.Q4_K: (rows_k.dot_q4_k, rows_k.dequant_row_q4_k),
+    GGMLType.Q5_K: (rows_k.dot_q5_k, rows_k.dequant_row_q5_k),
+    GGMLType.Q6_K: (rows_k.dot_q6_k, rows_k.dequant_row_q6_k),
+    GGMLType.IQ4_NL: (rows_legacy.dot_iq4_nl, rows_legacy.dequant_row_iq4_nl),
+    GGMLType.IQ4_XS: (rows_k.dot_iq4_xs, rows_k.dequant_row_iq4_xs),
+    GGMLType.MXFP4: (rows_legacy.dot_mxfp4, rows_legacy.dequant_row_mxfp4),
+}
+
+DIRECT_MAX = 1                  # groups of up to this many tokens dot straight from the blocks
+TILE_BYTES = 512 << 10          # float32 bytes of a work item's dequantized tile (bigger groups)
+PARALLEL_MIN_WORK = 2 << 20     # below this many multiply-adds (weights x tokens), run on one thread
+
+
+def _kernel_hash() -> str:
+    h = hashlib.sha1()
+    here = Path(__file__).resolve().parent
+    for name in ("rows_common.py", "rows_legacy.py", "rows_k.py", "rows_float.py"):
+        h.update((here / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+KERNEL_HASH = _kernel_hash()
+
+
+# --- literal dispatch from a type id to its row kernels (resolved at compile time)
+#
+# The drivers call these once per work item; each is compiled as a separate (not inlined)
+# function, so that a type's row kernel is compiled once, with its own fastmath flags, and the
+# parallel loop bodies stay small (numba compiles big parfor bodies slowly: this halved the
+# compile time). The row kernels are inlined into them, so the per-row views stay inside one
+# function, where their reference counting is optimized away.
+
+
+def dot_rows(qt, w3, e, r0, r1, x2, xi, out2, oi):  # pragma: no cover - overloaded below
+    """out2[oi, r] = w3[e, r] . x2[xi] for r in r0..r1-1"""
+    raise NotImplementedError
+
+
+def dequant_range(qt, w3, e, r0, r1, out, o):  # pragma: no cover - overloaded below
+    """out[o + r - r0] = dequantized w3[e, r] for r in r0..r1-1"""
+    raise NotImplementedError
+
+
+def _literal_type(qt) -> GGMLType:
+    if not isinstance(qt, types.IntegerLiteral):
+        raise errors.RequireLiteralValue(qt)
+    return GGMLType(qt.literal_value)
+
+
+_JIT_DOT_ROWS = dict(fastmath=FM_DOT, error_model="numpy", boundscheck=False)
+_JIT_DEQ_ROWS = dict(error_model="numpy", boundscheck=False)
+
+
+@overload(dot_rows, jit_options=_JIT_DOT_ROWS)
+def _dot_rows(qt, w3, e, r0, r1, x2, xi, out2, oi):
+    dot = ROW_KERNELS[_literal_type(qt)][0]
+
+    def impl(qt, w3, e, r0, r1, x2, xi, out2, oi):
+        xr = x2[xi]
+        for r in range(r0, r1):
+            out2[oi, r] = dot(w3[e, r], xr)
+
+    return impl
+
+
+@overload(dequant_range, jit_options=_JIT_DEQ_ROWS)
+def _dequant_range(qt, w3, e, r0, r1, out, o):
+    deq = ROW_KERNELS[_literal_type(qt)][1]
+
+    def impl(qt, w3, e, r0, r1, out, o):
+        for r in range(r0, r1):
+            deq(w3[e, r], out[o + r - r0])
+
+    return impl
+
+
+# --- the drivers
+
+
+def _make_drivers(qt: int, khash: str):
+    @njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
+    def groups(w3, x2, g_exp, g_off, m_x, m_out, out2, chunk, direct_max):
+        """out2[m_out[m], r] = w3[g_exp[g], r] . x2[m_x[m]] for every member m of every group g.
+
+        Work items are (group, chunk of rows). Groups of up to `direct_max` tokens take the row
+        kernel's dot straight from the blocks; bigger groups dequantize the chunk's rows once into
+        a tile and multiply it with the tokens in 4x4 blocks (`tile_dot44`)."""
+        khash  # noqa: B018  (part of the cache key: see the module doc)
+        n_out = w3.shape[1]
+        n_in = x2.shape[1]
+        n_chunks = (n_out + chunk - 1) // chunk
+        for item in prange(g_exp.shape[0] * n_chunks):
+            g = item // n_chunks
+            r0 = (item - g * n_chunks) * chunk
+            r1 = min(r0 + chunk, n_out)
+            e = g_exp[g]
+            m0 = g_off[g]
+            m1 = g_off[g + 1]
+            if m1 - m0 <= direct_max:
+                for m in range(m0, m1):
+                    dot_rows(qt, w3, e, r0, r1, x2, m_x[m], out2, m_out[m])
+            else:
+                nr = r1 - r0
+                nr4 = (nr + 3) // 4 * 4     # rows padded to whole 4x4 blocks with zeros
+                tile = np.empty((nr4, n_in), np.float32)
+                dequant_range(qt, w3, e, r0, r1, tile, 0)
+                for i in range(nr, nr4):
+                    tile[i, :] = 0.0
+                for m in range(m0, m1, 4):  # 4 tokens at a time (the last block repeats its last token)
+                    xa = m_x[m]
+                    xb = m_x[min(m + 1, m1 - 1)]
+                    xc = m_x[min(m + 2, m1 - 1)]
+                    xd = m_x[min(m + 3, m1 - 1)]
+                    nj = min(4, m1 - m)
+                    for i in range(0, nr4, 4):
+                        t = tile_dot44(tile, i, x2, xa, xb, xc, xd)
+                        for k in range(min(4, nr - i)):
+                            for j in range(nj):
+                                out2[m_out[m + j], r0 + i + k] = t[4 * k + j]
+
+    @njit(cache=True, error_model="numpy", boundscheck=False)
+    def dequant(w3, e, rows, out):
+        """out[i] = dequantized w3[e, rows[i]] (one thread: lookups are small, and a serial
+        function compiles in half the time of a parallel one)."""
+        khash  # noqa: B018
+        for i in range(rows.shape[0]):
+            dequant_range(qt, w3, e, rows[i], rows[i] + 1, out, i)
+
+    return groups, dequant
+
+
+class _TypeDrivers:
+    """The compiled drivers of one type; the first call of each compiles (or loads the cache)."""
+
+    def __init__(self, qt: GGMLType):
+        self.qt = qt
+        self._groups, self._dequant = _make_drivers(int(qt), KERNEL_HASH)
+        self._warm: set[str] = set()
+        self._lock = threading.Lock()
+
+    def _call(self, name: str, fn, *args):
+        if name in self._warm:
+            return fn(*args)
+        with self._lock, slp_compile_scope():
+            fn(*args)
+            self._warm.add(name)
+
+    def groups(self, *args):
+        self._call("groups", self._groups, *args)
+
+    def dequant(self, *args):
+        self._call("dequant", self._dequant, *args)
+
+
+_DRIVERS: dict[GGMLType, _TypeDrivers] = {}
+_DRIVERS_LOCK = threading.Lock()
+
+
+def drivers(qtype) -> _TypeDrivers:
+    """The drivers of a GGML type (built on first use); KernelError for a type without kernels."""
+    try:
+        qt = GGMLType(qtype)
+    except ValueError:
+        raise KernelError(f"cpu backend: unknown GGML type id {qtype}") from None
+    d = _DRIVERS.get(qt)
+    if d is None:
+        if qt not in ROW_KERNELS:
+            supported = ", ".join(t.name for t in ROW_KERNELS)
+            raise KernelError(f"cpu backend: no kernels for GGML type {qt.name}; supported: {supported}")
+        with _DRIVERS_LOCK:
+            d = _DRIVERS.get(qt) or _DRIVERS.setdefault(qt, _TypeDrivers(qt))
+    return d
+
+
+# --- helpers
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    """A read-only view. Numba compiles one specialization per writability of each argument and
+    memory-mapped weights are read-only, so every input array (weights, activations, indices)
+    goes in read-only: one compilation per driver and type."""
+    if a.flags.writeable:
+        a = a.view()
+        a.flags.writeable = False
+    return a
+
+
+_PREPARED: "weakref.WeakKeyDictionary[QTensor, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _prepared(w: QTensor, n_dims: int) -> tuple["_TypeDrivers", np.ndarray]:
+    """(drivers, storage as a read-only (n_expert, n_out, row) array) of a weight, made once per
+    QTensor (a weak cache: it goes with the tensor)."""
+    try:
+        p = _PREPARED.get(w)
+    except TypeError:
+        p = None
+    if p is None:
+        if not isinstance(w, QTensor):
+            raise KernelError(f"cpu backend: expected a QTensor weight, got {type(w).__name__}")
+        if len(w.shape) != n_dims:
+            raise ValueError(f"weight {w.name or ''} has shape {w.shape}, expected {n_dims} dimensions")
+        d = drivers(w.qtype)  # raises KernelError for an unsupported type
+        data = _readonly(np.ascontiguousarray(w.data))
+        p = (d, data.reshape(1, *data.shape) if n_dims == 2 else data)
+        _PREPARED[w] = p
+    elif len(w.shape) != n_dims:
+        raise ValueError(f"weight {w.name or ''} has shape {w.shape}, expected {n_dims} dimensions")
+    return p
+
+
+def _as_x(x) -> np.ndarray:
+    return _readonly(np.ascontiguousarray(x, dtype=np.float32))
+
+
+def _index(a) -> np.ndarray:
+    return _readonly(np.ascontiguousarray(a, dtype=np.int64))
+
+
+def _threads_for(work: int, n_threads: int) -> int:
+    """All threads for big products, one below PARALLEL_MIN_WORK multiply-adds: waking the pool
+    costs 5-100 us (a virtual machine's idle vCPU is the slow case), more than a small product
+    gains from a second thread."""
+    n = min(n_threads, numba.config.NUMBA_NUM_THREADS) if work >= PARALLEL_MIN_WORK else 1
+    if numba.get_num_threads() != n:
+        numba.set_num_threads(n)
+    return n
+
+
+def _chunk_rows(n_out: int, n_in: int, n_items_other: int, batched: bool, n_threads: int) -> int:
+    """Rows per work item: at least ~4 items per thread; with a batched group, a tile of at most
+    TILE_BYTES (so it stays in L2), at most 64 rows and a multiple of 4 (the register blocks);
+    without, at most 256 rows."""
+    per_item = -(-n_out * n_items_other // (4 * n_threads))
+    if not batched:
+        return int(max(1, min(256, per_item, n_out)))
+    cap = max(4, min(64, TILE_BYTES // (4 * n_in)))
+    return int(max(4, min(cap, per_item)) // 4 * 4)
+
+
+_ONE_GROUP: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+
+def _one_group(n_tok: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(g_exp, g_off, members) of a plain matmul: one group, expert 0, tokens 0..n_tok-1."""
+    v = _ONE_GROUP.get(n_tok)
+    if v is None:
+        v = (_index([0]), _index([0, n_tok]), _index(np.arange(n_tok)))
+        if n_tok <= 4096:
+            _ONE_GROUP[n_tok] = v
+    return v
+
+
+def _group_work(n_out: int, n_in: int, counts) -> int:
+    """Multiply-adds, counting a dequantized row as 4 token-rows' worth."""
+    return int(sum(n_out * n_in * (c if c <= DIRECT_MAX else c + 4) for c in counts))
+
+
+# --- products
+
+
+def matmul(x, w: QTensor, n_threads: int) -> np.ndarray:
+    """y = x @ W.T for W (n_out, n_in): x (n_tok, n_in) -> (n_tok, n_out), x (n_in,) -> (n_out,)."""
+    d, w3 = _prepared(w, 2)
+    n_out, n_in = w.shape
+    x = _as_x(x)
+    if x.ndim not in (1, 2) or x.shape[-1] != n_in:
+        raise ValueError(f"matmul: x has shape {x.shape}, weight {w.name or ''} expects (..., {n_in})")
+    x2 = x.reshape(-1, n_in)
+    n_tok = x2.shape[0]
+    out = np.empty((n_tok, n_out), np.float32)
+    if n_tok and n_out:
+        nt = _threads_for(n_out * n_in * (n_tok if n_tok <= DIRECT_MAX else n_tok + 4), n_threads)
+        g_exp, g_off, members = _one_group(n_tok)
+        chunk = _chunk_rows(n_out, n_in, 1, n_tok > DIRECT_MAX, nt)
+        d.groups(w3, x2, g_exp, g_off, members, members, out, chunk, DIRECT_MAX)
+    return out.reshape(n_out) if x.ndim == 1 else out
+
+
+def matmul_experts(x, w: QTensor, ids, n_threads: int) -> np.ndarray:
+    """x (n_tok, n_in) shared by the chosen experts or (n_tok, n_used, n_in); W (n_expert, n_out, n_in);
+    ids (n_tok, n_used) -> (n_tok, n_used, n_out). Only the chosen experts' rows are read: the
+    (token, slot) pairs are grouped by expert and every group is one set of work items of a single
+    parallel call (dynamically scheduled, as groups differ in size)."""
+    d, data = _prepared(w, 3)
+    n_expert, n_out, n_in = w.shape
+    ids = np.asarray(ids)
+    if ids.ndim != 2 or ids.dtype.kind not in "iu":
+        raise ValueError(f"matmul_experts: ids must be integers (n_tok, n_used), got {ids.dtype} {ids.shape}")
+    n_tok, n_used = ids.shape
+    x = _as_x(x)
+    if x.shape == (n_tok, n_in):
+        x2, shared = x, True
+    elif x.shape == (n_tok, n_used, n_in):
+        x2, shared = x.reshape(n_tok * n_used, n_in), False
+    else:
+        raise ValueError(f"matmul_experts: x has shape {x.shape}; "
+                         f"expected ({n_tok}, {n_in}) or ({n_tok}, {n_used}, {n_in})")
+    out = np.empty((n_tok, n_used, n_out), np.float32)
+    n_pairs = n_tok * n_used
+    if n_pairs == 0 or n_out == 0:
+        return out
+    flat = ids.reshape(-1).astype(np.int64)
+    flat = np.where(flat < 0, flat + n_expert, flat)
+    if flat.min() < 0 or flat.max() >= n_expert:
+        raise IndexError(f"matmul_experts: expert id out of range for {n_expert} experts")
+    # pair p = t * n_used + u writes out row p; group the pairs by expert
+    order = np.argsort(flat, kind="stable")
+    experts, counts = np.unique(flat[order], return_counts=True)
+    g_off = np.zeros(len(experts) + 1, np.int64)
+    np.cumsum(counts, out=g_off[1:])
+    m_x = order // n_used if shared else order
+    nt = _threads_for(_group_work(n_out, n_in, counts), n_threads)
+    chunk = _chunk_rows(n_out, n_in, len(experts), bool(counts.max() > DIRECT_MAX), nt)
+    args = (data, x2, _index(experts), _index(g_off), _index(m_x), _index(order), out.reshape(n_pairs, n_out), chunk,
+            DIRECT_MAX)
+    if len(experts) > 1 and counts.min() != counts.max():
+        with numba.parallel_chunksize(1):
+            d.groups(*args)
+    else:
+        d.groups(*args)
+    return out
+
+
+def get_rows(w: QTensor, ids, n_threads: int) -> np.ndarray:
+    """Rows `ids` (any shape) of a 2-D weight as float32 (*ids.shape, n_in); only those rows are read."""
+    d, w3 = _prepared(w, 2)
+    n_rows, n_in = w.shape
+    ids = np.asarray(ids)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"get_rows: ids must be integers, got {ids.dtype}")
+    flat = ids.reshape(-1).astype(np.int64)
+    out = np.empty((flat.size, n_in), np.float32)
+    if flat.size:
+        flat = np.where(flat < 0, flat + n_rows, flat)
+        if flat.min() < 0 or flat.max() >= n_rows:
+            raise IndexError(f"get_rows: row id out of range for {n_rows} rows")
+        d.dequant(w3, 0, _index(flat), out)
+    return out.reshape(*ids.shape, n_in)
