@@ -1,0 +1,71 @@
+"""The command line as a user types it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args, input=None, timeout=600):
+    return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], capture_output=True, text=True,
+                          input=input, timeout=timeout)
+
+
+def test_help_is_fast_and_lists_commands():
+    r = run("--help")
+    assert r.returncode == 0 and all(c in r.stdout for c in ("run", "generate", "bench", "inspect"))
+    for cmd in ("run", "generate", "bench", "inspect"):
+        assert run(cmd, "--help").returncode == 0
+
+
+def test_help_does_not_import_numba():
+    code = "import sys; from engine.cli import build_parser; build_parser(); print('numba' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_generate_with_a_seed_is_reproducible(smollm2_path):
+    args = ("generate", "-m", smollm2_path, "-p", "Once upon a time", "-n", 16, "--temp", 0.8, "--seed", 42, "-t", 2)
+    a, b = run(*args), run(*args)
+    assert a.returncode == 0, a.stderr
+    assert a.stdout == b.stdout and len(a.stdout.strip()) > 0
+
+
+def test_run_one_shot_and_piped_stdin(smollm2_path):
+    r = run("run", "-m", smollm2_path, "-n", 16, "--temp", 0, "What is the capital of France?")
+    assert r.returncode == 0, r.stderr
+    assert "Paris" in r.stdout
+    r = run("run", "-m", smollm2_path, "-n", 8, "--temp", 0, "Repeat this word:", input="banana\n")
+    assert r.returncode == 0 and r.stdout.strip()
+
+
+def test_run_repl_reads_turns_until_bye(smollm2_path, monkeypatch, capsys):
+    import io
+
+    from engine.cli import main
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stdin", Terminal("What is 2+2?\nAnd 3+3?\n/bye\n"))
+    assert main(["run", "-m", str(smollm2_path), "-n", "8", "--temp", "0", "-t", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("> ") >= 3  # three prompts shown: two answered turns, then /bye
+
+
+def test_bad_model_file_is_one_clean_line(tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + bytes(10))
+    r = run("generate", "-m", bad, "-p", "hi")
+    assert r.returncode == 1 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_bench_json(smollm2_path):
+    r = run("bench", "-m", smollm2_path, "-p", 16, "-n", 4, "-r", 2, "-t", 2, "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    for key in ("pp", "tg"):
+        assert out[key]["mean"] > 0 and out[key]["std"] >= 0
