@@ -92,10 +92,11 @@ class Engine:
             out.append(self.backend.to_numpy(self.model.forward(ids[i:i + 256], cache, last_only=False)))
         return np.concatenate(out).astype(np.float32, copy=False)
 
-    def _prepare_cache(self, prompt: list[int]) -> list[int]:
-        """Reuse the longest cached prefix of `prompt`; return the tokens still to evaluate."""
+    def _prepare_cache(self, prompt: list[int], reuse: bool = True) -> list[int]:
+        """Reuse the longest cached prefix of `prompt` (unless `reuse` is off); return the tokens still to
+        evaluate."""
         common = 0
-        for a, b in zip(self.cached_tokens, prompt):
+        for a, b in zip(self.cached_tokens if reuse else (), prompt):
             if a != b:
                 break
             common += 1
@@ -109,9 +110,15 @@ class Engine:
                  top_p: float = 0.95, min_p: float = 0.05, typical_p: float = 1.0, repeat_penalty: float = 1.0,
                  presence_penalty: float = 0.0, frequency_penalty: float = 0.0, penalty_last_n: int = 64,
                  seed: int | None = None, stop=None, logit_bias: dict | None = None, stream: bool = False,
-                 add_bos: bool = True, special: bool = False, truncate: bool = False):
+                 add_bos: bool = True, special: bool = False, truncate: bool = False, cache_prompt: bool = True):
         """Complete `prompt` (text or token ids). Returns a `Completion`, or with stream=True an
-        iterator of `Piece`s whose last one carries the `Completion`."""
+        iterator of `Piece`s whose last one carries the `Completion`.
+
+        cache_prompt (llama-server's name, on by default as there) reuses the KV cache of the longest
+        prefix this engine evaluated last. As in llama.cpp, the tokens after the reused prefix are then
+        evaluated in a different batch shape than a cold run would use, and with 8-bit activations that
+        can change the last bits of the logits and so, at a near-tie, a token. Turn it off for runs that
+        must repeat bit for bit."""
         from .sampler import Sampler, SamplerParams
 
         ids = list(prompt) if not isinstance(prompt, str) else self.tokenize(prompt, add_bos=add_bos, special=special)
@@ -130,7 +137,7 @@ class Engine:
                                frequency_penalty=frequency_penalty, penalty_last_n=penalty_last_n, seed=seed,
                                logit_bias=logit_bias)
         stops = [stop] if isinstance(stop, str) else list(stop or [])
-        it = self._stream(ids, max_tokens, Sampler(params), stops)
+        it = self._stream(ids, max_tokens, Sampler(params), stops, cache_prompt)
         if stream:
             return it
         for piece in it:
@@ -138,10 +145,11 @@ class Engine:
                 return piece.completion
         raise AssertionError("generation ended without a completion")  # pragma: no cover
 
-    def _stream(self, ids: list[int], max_tokens: int, sampler, stops: list[str]) -> Iterator[Piece]:
+    def _stream(self, ids: list[int], max_tokens: int, sampler, stops: list[str], cache_prompt: bool = True
+                ) -> Iterator[Piece]:
         from .sampler import StopMatcher
 
-        todo = self._prepare_cache(ids)
+        todo = self._prepare_cache(ids, reuse=cache_prompt)
         timings = Timings(prompt_n=len(todo), cache_n=len(ids) - len(todo))
         history = list(ids)
         utf8, matcher = Utf8Stream(), StopMatcher(stops)

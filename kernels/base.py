@@ -61,5 +61,17 @@ class Backend(Protocol):
     def attention(self, q, k, v, q_pos, *, scale: float, window: int = 0, sinks=None, kv_pos=None) -> Any: ...
 
 
+ACTIVATION_MODES = {
+    "llama.cpp": "round activations to the weight type's vec_dot type first, as llama.cpp's CPU does",
+    "f32": "exact float32 products",
+}
+
+
+def check_activations(mode: str) -> str:
+    if mode not in ACTIVATION_MODES:
+        raise ValueError(f"unknown activations mode {mode!r}; known: {', '.join(ACTIVATION_MODES)}")
+    return mode
+
+
 class KernelError(RuntimeError):
     """A backend could not run an operation (unsupported type on that backend, failed kernel build)."""

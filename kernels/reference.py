@@ -1,7 +1,8 @@
 """NumPy reference backend: simple, slow, obviously right. Every other backend is tested against it.
 
 Products dequantize the weight with `quant` (the single source of truth for layouts) and multiply in
-float32; elementwise ops and attention come from `kernels.ops_numpy`.
+float32, after rounding the activations as llama.cpp does (`quant.activations`) unless built with
+`activations="f32"`; elementwise ops and attention come from `kernels.ops_numpy`.
 """
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from quant import QTensor
+from quant.activations import round_like_llama_cpp
+
+from .base import check_activations
 
 from .ops_numpy import NumpyOps
 
@@ -16,8 +20,13 @@ from .ops_numpy import NumpyOps
 class NumpyBackend(NumpyOps):
     name = "numpy"
 
-    def __init__(self, n_threads: int | None = None):
+    def __init__(self, n_threads: int | None = None, activations: str = "llama.cpp"):
         self.n_threads = n_threads or 1
+        self.activations = check_activations(activations)
+
+    def _x_for(self, x, w: QTensor) -> np.ndarray:
+        x = np.asarray(x, np.float32)
+        return round_like_llama_cpp(x, w.qtype) if self.activations == "llama.cpp" else x
 
     def upload(self, t: QTensor) -> QTensor:
         return t
@@ -30,14 +39,14 @@ class NumpyBackend(NumpyOps):
 
     def matmul(self, x: np.ndarray, w: QTensor) -> np.ndarray:
         # x: (n_tok, n_in) or (n_in,) f32; w: (n_out, n_in) -> (n_tok, n_out) or (n_out,)
-        return np.asarray(x, np.float32) @ w.dequantize().T
+        return self._x_for(x, w) @ w.dequantize().T
 
     def matmul_experts(self, x: np.ndarray, w: QTensor, ids: np.ndarray) -> np.ndarray:
         # x: (n_tok, n_in) shared by all chosen experts, or (n_tok, n_used, n_in) one row per expert
         # w: (n_expert, n_out, n_in); ids: (n_tok, n_used) -> (n_tok, n_used, n_out)
         ids = np.asarray(ids)
         n_tok, n_used = ids.shape
-        x = np.asarray(x, np.float32)
+        x = self._x_for(x, w)
         if x.ndim == 2:
             x = np.broadcast_to(x[:, None, :], (n_tok, n_used, x.shape[-1]))
         out = np.empty((n_tok, n_used, w.shape[1]), np.float32)

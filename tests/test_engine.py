@@ -27,19 +27,22 @@ def test_tokenize_detokenize_roundtrip(eng):
 
 
 def test_same_seed_same_text_and_greedy_is_deterministic(eng):
-    a = eng.generate("Tell me a story about a cat.", max_tokens=24, temperature=0.8, seed=7)
-    b = eng.generate("Tell me a story about a cat.", max_tokens=24, temperature=0.8, seed=7)
+    a = eng.generate("Tell me a story about a cat.", max_tokens=24, temperature=0.8, seed=7, cache_prompt=False)
+    b = eng.generate("Tell me a story about a cat.", max_tokens=24, temperature=0.8, seed=7, cache_prompt=False)
     assert a.text == b.text and a.tokens == b.tokens
-    g1 = eng.generate("The sky is", max_tokens=12, temperature=0)
-    g2 = eng.generate("The sky is", max_tokens=12, temperature=0)
+    assert a.timings.cache_n == b.timings.cache_n == 0
+    g1 = eng.generate("The sky is", max_tokens=12, temperature=0, cache_prompt=False)
+    g2 = eng.generate("The sky is", max_tokens=12, temperature=0, cache_prompt=False)
     assert g1.tokens == g2.tokens
 
 
-def test_prefix_cache_reuse_gives_the_same_tokens(eng):
-    eng.cached_tokens, eng.cache.n_past = [], 0
+def test_prefix_cache_reuse_gives_the_same_tokens(smollm2_path):
+    """With exact float32 products a reused prefix changes nothing; with llama.cpp's 8-bit activations
+    the re-evaluated tail may differ in the last bits, as it does in llama.cpp (see generate's doc)."""
+    eng = Engine.load(smollm2_path, n_ctx=256, n_threads=2, activations="f32")
     cold = eng.generate("The three primary colors are", max_tokens=10, temperature=0)
     warm = eng.generate("The three primary colors are", max_tokens=10, temperature=0)
-    assert warm.timings.cache_n > 0 and warm.tokens == cold.tokens
+    assert cold.timings.cache_n == 0 and warm.timings.cache_n > 0 and warm.tokens == cold.tokens
 
 
 def test_stream_pieces_join_to_the_text(eng):

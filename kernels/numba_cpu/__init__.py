@@ -3,6 +3,8 @@
 Products with quantized weights (`matmul`, `matmul_experts`, `get_rows`) read the GGML blocks
 directly (products.py, rows_*.py); elementwise ops and attention come from `NumbaOps` (ops.py).
 Weights are used in their GGML storage layout as `upload` returns them: no repacking, no copy.
+Activations are rounded as llama.cpp rounds them (`activations="llama.cpp"`, see quant/activations.py)
+unless asked for exact float32 products (`activations="f32"`).
 """
 
 from __future__ import annotations
@@ -11,18 +13,25 @@ import numpy as np
 
 from quant import QTensor
 
+from kernels.base import check_activations
+
 from . import products
+from .activations import round_like_llama_cpp
 from .ops import NumbaOps
 
 
 class NumbaBackend(NumbaOps):
     name = "cpu"
 
-    def __init__(self, n_threads: int | None = None):
+    def __init__(self, n_threads: int | None = None, activations: str = "llama.cpp"):
         import numba
 
         max_threads = numba.config.NUMBA_NUM_THREADS
         self.n_threads = max(1, min(int(n_threads or max_threads), max_threads))
+        self.activations = check_activations(activations)
+
+    def _x_for(self, x, w: QTensor):
+        return round_like_llama_cpp(x, w.qtype) if self.activations == "llama.cpp" else x
 
     # --- weights and transfers
 
@@ -41,10 +50,10 @@ class NumbaBackend(NumbaOps):
     # --- products with quantized weights
 
     def matmul(self, x, w: QTensor) -> np.ndarray:
-        return products.matmul(x, w, self.n_threads)
+        return products.matmul(self._x_for(x, w), w, self.n_threads)
 
     def matmul_experts(self, x, w: QTensor, ids) -> np.ndarray:
-        return products.matmul_experts(x, w, ids, self.n_threads)
+        return products.matmul_experts(self._x_for(x, w), w, ids, self.n_threads)
 
     def get_rows(self, w: QTensor, ids) -> np.ndarray:
         return products.get_rows(w, ids, self.n_threads)
