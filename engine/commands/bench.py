@@ -8,6 +8,7 @@ the report is the mean and standard deviation of tokens per second. `--llama-cpp
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
@@ -98,6 +99,26 @@ def bench_llama_cpp(path, n_vocab: int, threads: int, args) -> dict:
     return _measure(run_pp, run_tg, args)
 
 
+def bench_llama_cpp_isolated(path, n_vocab: int, threads: int, args) -> dict:
+    """llama.cpp measured in a fresh process: in ours, the idle Numba worker threads we started would
+    compete with llama.cpp's own (measured: tg 27 tokens/s in-process against 130 alone on 2 cores)."""
+    import multiprocessing
+    import os
+
+    # and without our OMP_WAIT_POLICY=PASSIVE (kernels/numba_cpu/products.py): ggml's OpenMP threads
+    # would then sleep between its many small ops (tg 28 tokens/s instead of 130)
+    saved = os.environ.pop("OMP_WAIT_POLICY", None)
+    try:
+        ctx = multiprocessing.get_context("spawn")
+        pool = ctx.Pool(1)
+    finally:
+        if saved is not None:
+            os.environ["OMP_WAIT_POLICY"] = saved
+    with pool:
+        plain = argparse.Namespace(n_prompt=args.n_prompt, n_gen=args.n_gen, repetitions=args.repetitions)
+        return pool.apply(bench_llama_cpp, (str(path), n_vocab, threads, plain))
+
+
 def main(args) -> int:
     import os
 
@@ -109,7 +130,7 @@ def main(args) -> int:
               "n_prompt": args.n_prompt, "n_gen": args.n_gen, "repetitions": args.repetitions}
     result.update(bench_engine(eng, args))
     if args.llama_cpp:
-        ref = bench_llama_cpp(eng.gguf.path, eng.n_vocab, threads, args)
+        ref = bench_llama_cpp_isolated(eng.gguf.path, eng.n_vocab, threads, args)
         result["llama_cpp"] = ref
         result["ratio"] = {k: result[k]["median"] / ref[k]["median"] for k in ("pp", "tg") if k in ref and k in result}
     if args.json:
