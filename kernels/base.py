@@ -58,6 +58,7 @@ class Backend(Protocol):
     def softmax(self, x) -> Any: ...                        # over the last axis
     def silu(self, x) -> Any: ...
     def gelu(self, x) -> Any: ...                           # tanh approximation, as ggml_gelu
+    def swiglu_oai(self, gate, up, alpha: float, limit: float) -> Any: ...  # gpt-oss's clamped SwiGLU
     def attention(self, q, k, v, q_pos, *, scale: float, window: int = 0, sinks=None, kv_pos=None) -> Any: ...
 
 

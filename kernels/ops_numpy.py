@@ -176,6 +176,20 @@ def check_attention(q, k, v):
 class NumpyOps:
     """Elementwise ops and attention on float32 NumPy arrays (mixin of the NumPy backend)."""
 
+    activations = "f32"
+
+    @property
+    def half_attention(self) -> bool:
+        """Attention as llama.cpp computes it by default (no flash attention): K and V cached in f16,
+        Q and the softmax probabilities rounded to f16 before their products (f32 accumulation)."""
+        return self.activations == "llama.cpp"
+
+    def round_kv(self, x):
+        """What the KV cache stores: f16-rounded keys/values in llama.cpp mode (its cache type)."""
+        if not self.half_attention:
+            return x
+        return np.asarray(x, F32).astype(np.float16).astype(F32)
+
     def rms_norm(self, x, weight, eps: float):
         x = np.asarray(x, F32)
         n = x.shape[-1]
@@ -238,9 +252,20 @@ class NumpyOps:
     def geglu(self, gate, up):
         return self.gelu(gate) * np.asarray(up, F32)
 
+    def swiglu_oai(self, gate, up, alpha: float, limit: float):
+        """gpt-oss's clamped SwiGLU, as ggml_swiglu_oai: x = min(gate, limit), y = clamp(up, +-limit),
+        x * sigmoid(alpha x) * (y + 1)."""
+        x = np.minimum(np.asarray(gate, F32), F32(limit))
+        y = np.clip(np.asarray(up, F32), F32(-limit), F32(limit))
+        with np.errstate(over="ignore"):
+            return (x / (F32(1.0) + np.exp(F32(alpha) * -x))) * (y + F32(1.0))
+
     def attention(self, q, k, v, q_pos, *, scale: float, window: int = 0, sinks=None, kv_pos=None):
         q, k, v = (np.asarray(a, F32) for a in (q, k, v))
         check_attention(q, k, v)
+        half = self.half_attention
+        if half:  # ggml without flash attention: f16 Q and probabilities (K, V stored in f16: round_kv)
+            q = q.astype(np.float16).astype(F32)
         n_tok, n_head, _ = q.shape
         n_kv, n_head_kv, dv = v.shape
         group = n_head // n_head_kv
@@ -270,7 +295,10 @@ class NumpyOps:
                 ssum = ssum + np.exp(sk[:, None, None] - m).astype(np.float64)
             with np.errstate(divide="ignore"):
                 inv = np.where(ssum > 0, 1.0 / ssum, 0.0).astype(F32)
-            pr = (e * inv).reshape(n_head_kv, group * (t1 - t0), n_kv)
+            pr = e * inv
+            if half:
+                pr = pr.astype(np.float16).astype(F32)
+            pr = pr.reshape(n_head_kv, group * (t1 - t0), n_kv)
             o = (pr @ vt).reshape(n_head_kv, group, t1 - t0, dv)
             out[t0:t1] = o.transpose(2, 0, 1, 3).reshape(t1 - t0, n_head, dv)
         return out

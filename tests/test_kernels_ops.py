@@ -496,3 +496,35 @@ def test_numba_attention_split_kv(fast, monkeypatch, n_chunks):
         assert_rel(fast.attention(q, k, v, [n_kv - 1], **kw), REF.attention(q, k, v, [n_kv - 1], **kw))
         kw["sinks"] = None
         assert_rel(fast.attention(q, k, v, [n_kv - 1], **kw), REF.attention(q, k, v, [n_kv - 1], **kw))
+
+
+class _HalfNumpy(NumpyOps):
+    activations = "llama.cpp"
+
+
+@pytest.mark.parametrize("case", ATTN_CASES, ids=[str(c) for c in ATTN_CASES])
+def test_attention_as_llama_cpp_rounds_q_and_probabilities_to_f16(case, fast):
+    """ggml without flash attention: f16 K/V cache, Q and softmax probabilities rounded to f16."""
+    n_tok, n_head, n_head_kv, hd, n_kv, window, with_sinks, kind = case
+    r = rng(9)
+    q, k, v = randn(r, n_tok, n_head, hd), randn(r, n_kv, n_head_kv, hd), randn(r, n_kv, n_head_kv, hd)
+    q_pos = np.arange(40 - n_tok + 1, 41)
+    kv_pos = _kv_positions(kind, n_kv, 40)
+    sinks = randn(r, n_head) if with_sinks else None
+    half = _HalfNumpy()
+    fast = type("HalfNumba", (type(fast),), {"activations": "llama.cpp"})()
+    k16, v16 = half.round_kv(k), half.round_kv(v)
+    assert np.array_equal(k16, k.astype(np.float16).astype(np.float32))
+    kw = dict(scale=1 / math.sqrt(hd), window=window, sinks=sinks, kv_pos=kv_pos)
+    want = half.attention(q, k16, v16, q_pos, **kw)
+    # by hand: f16 q, exact softmax, probabilities rounded to f16
+    q16 = q.astype(np.float16).astype(np.float32)
+    exact = REF.attention(q16, k16, v16, q_pos, **kw)
+    assert_rel(want, exact, 2e-3)                 # f16 probabilities: within their rounding
+    if n_kv > 1:
+        assert not np.allclose(want, exact, rtol=1e-6, atol=0)
+    # the scores' last bits depend on summation order, and a probability on an f16 rounding boundary
+    # may then land one f16 step away: equal but for those few
+    got = fast.attention(q, k16, v16, q_pos, **kw)
+    assert_rel(got, want, 2e-3)
+    assert np.mean(~np.isclose(got, want, rtol=2e-6, atol=2e-6 * np.abs(want).max())) < 0.05

@@ -1,11 +1,17 @@
 """Write tiny random-weight GGUF models for architectures that have no small public model.
 
-    python tools/make_tiny_gguf.py llama-moe OUT.gguf [--seed 0]
+    python tools/make_tiny_gguf.py llama-moe|gpt-oss OUT.gguf [--seed 0] [--shape 20b]
 
 `llama-moe` is the Mixtral layout of the `llama` architecture (as karakuri-8x7b): router
 `ffn_gate_inp`, stacked experts `ffn_{gate,up,down}_exps`, with the tensor names, metadata keys and
 types of real files. The vocabulary is a byte-level BPE trained here with HF `tokenizers` on a small
 built-in text, so llama.cpp can load the file and tokenize like any `gpt2`-type model.
+`gpt-oss` is OpenAI's architecture as ggml-org's gpt-oss GGUFs hold it: MXFP4 experts with biases,
+Q8_0 attention with biases, F32 norms, router and sinks, YaRN RoPE, a sliding window (shorter than
+the test prompts) on every other layer, the harmony special tokens, `tokenizer.ggml.pre = gpt-4o`
+and gpt-oss's own chat template (tools/fetch_test_models.py takes it from llama.cpp's sources).
+`--shape 20b` writes gpt-oss-20b's real dimensions (24 layers, 32 experts, top-4; ~12 GB) for
+decode-speed measurements.
 Weights are random but scaled so activations stay in a realistic range (logits not all tied).
 """
 
@@ -25,8 +31,8 @@ Once upon a time there was a small model that wanted to be tested against llama.
 """ * 4
 
 
-def train_bpe_vocab(vocab_size: int, specials: list[str]) -> tuple[list[str], list[str], list[int]]:
-    """(tokens, merges, token_types) of a byte-level BPE trained on CORPUS; specials appended as control."""
+def train_bpe_vocab(vocab_size: int, specials: list[str], corpus: str = CORPUS) -> tuple[list[str], list[str], list[int]]:
+    """(tokens, merges, token_types) of a byte-level BPE trained on `corpus`; specials appended as control."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -34,7 +40,7 @@ def train_bpe_vocab(vocab_size: int, specials: list[str]) -> tuple[list[str], li
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
-    tok.train_from_iterator([CORPUS], trainer)
+    tok.train_from_iterator([corpus], trainer)
     import json
 
     model = json.loads(tok.to_str())["model"]
@@ -126,7 +132,139 @@ def write_llama_moe(path: Path, seed: int = 0, shape: MoEShape = MoEShape(),
     return path
 
 
-WRITERS = {"llama-moe": write_llama_moe}
+# harmony's special tokens in o200k_harmony order (ids 199998.. in the real vocabulary)
+HARMONY_SPECIALS = ["<|startoftext|>", "<|endoftext|>", "<|reserved_200000|>", "<|reserved_200001|>", "<|return|>",
+                    "<|constrain|>", "<|reserved_200004|>", "<|channel|>", "<|start|>", "<|end|>", "<|message|>",
+                    "<|reserved_200009|>", "<|reserved_200010|>", "<|reserved_200011|>", "<|call|>"]
+
+HARMONY_CORPUS = """<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.
+Knowledge cutoff: 2024-06 Current date: 2026-12-03 Reasoning: medium # Valid channels: analysis, commentary, final.
+Channel must be included for every message. Calls to these tools must go to the commentary channel: 'functions'.
+<|start|>user<|message|>What is the weather in Tokyo?<|end|><|start|>assistant<|channel|>analysis<|message|>
+The user asks about weather. We should call the tool.<|end|><|start|>assistant<|channel|>commentary to=functions.get_weather
+<|constrain|>json<|message|>{"location": "Tokyo", "unit": "celsius"}<|call|> The answer is 42. final answer
+namespace functions { type get_weather = (_: { location: string, }) => any; } // Gets the weather
+"""
+
+
+@dataclass
+class GptOssShape:
+    n_embd: int = 96
+    n_ff: int = 64            # expert_feed_forward_length
+    n_layer: int = 4          # even layers windowed, odd layers full
+    n_head: int = 8
+    n_head_kv: int = 2
+    head_dim: int = 16
+    n_expert: int = 8
+    n_expert_used: int = 4
+    n_ctx: int = 1024
+    sliding_window: int = 16  # shorter than the test prompts: both attention kinds are exercised
+    rope_factor: float = 4.0
+    rope_orig_ctx: int = 256
+    n_vocab_bpe: int = 480
+    expert_type: str = "MXFP4"
+    attn_type: str = "Q8_0"
+
+
+GPT_OSS_SHAPES = {
+    "tiny": GptOssShape(),
+    # gpt-oss-20b's real dimensions (config.json of openai/gpt-oss-20b)
+    "20b": GptOssShape(n_embd=2880, n_ff=2880, n_layer=24, n_head=64, n_head_kv=8, head_dim=64, n_expert=32,
+                       n_expert_used=4, n_ctx=131072, sliding_window=128, rope_factor=32.0, rope_orig_ctx=4096,
+                       n_vocab_bpe=2000),
+}
+
+
+def default_gpt_oss_template() -> str:
+    import fetch_test_models  # noqa: PLC0415  (tools/ is on sys.path when this runs as a script or from tests)
+
+    return fetch_test_models.fetch_gpt_oss_template(fetch_test_models.DEFAULT_DIR).read_text()
+
+
+def write_gpt_oss(path: Path, seed: int = 0, shape: GptOssShape | str = "tiny", chat_template: str | None = None) -> Path:
+    """A random-weight gpt-oss GGUF in the real files' tensor names, metadata keys and types."""
+    F32 = gguf.GGMLQuantizationType.F32
+    s = GPT_OSS_SHAPES[shape] if isinstance(shape, str) else shape
+    Q8, MX = gguf.GGMLQuantizationType[s.attn_type], gguf.GGMLQuantizationType[s.expert_type]
+    rng = np.random.default_rng(seed)
+    corpus_tokens, merges, types = train_bpe_vocab(s.n_vocab_bpe, [], corpus=CORPUS + HARMONY_CORPUS * 4)
+    tokens = corpus_tokens + HARMONY_SPECIALS
+    types = types + [int(gguf.TokenType.CONTROL)] * len(HARMONY_SPECIALS)
+    tid = {t: i for i, t in enumerate(tokens)}
+    n_vocab = len(tokens)
+    hd = s.head_dim
+    template = chat_template if chat_template is not None else default_gpt_oss_template()
+
+    def rand(*dims, scale=None):
+        scale = scale if scale is not None else 1.0 / np.sqrt(dims[-1])
+        return (rng.standard_normal(dims) * scale).astype(np.float32)
+
+    w = gguf.GGUFWriter(str(path), "gpt-oss")
+    w.add_name("tiny-gpt-oss")
+    w.add_context_length(s.n_ctx)
+    w.add_embedding_length(s.n_embd)
+    w.add_block_count(s.n_layer)
+    w.add_feed_forward_length(s.n_ff)
+    w.add_expert_feed_forward_length(s.n_ff)
+    w.add_head_count(s.n_head)
+    w.add_head_count_kv(s.n_head_kv)
+    w.add_key_length(hd)
+    w.add_value_length(hd)
+    w.add_rope_dimension_count(hd)
+    w.add_rope_freq_base(150000.0)
+    w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+    w.add_rope_scaling_factor(s.rope_factor)
+    w.add_rope_scaling_orig_ctx_len(s.rope_orig_ctx)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_sliding_window(s.sliding_window)
+    w.add_expert_count(s.n_expert)
+    w.add_expert_used_count(s.n_expert_used)
+    w.add_vocab_size(n_vocab)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_MXFP4_MOE)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt-4o")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_bos_token_id(tid["<|startoftext|>"])
+    w.add_eos_token_id(tid["<|return|>"])
+    w.add_pad_token_id(tid["<|endoftext|>"])
+    w.add_add_bos_token(False)
+    w.add_chat_template(template)
+
+    def add(name, arr, qtype=F32):
+        data = arr if qtype == F32 else _q(arr, qtype)
+        w.add_tensor(name, data, raw_shape=arr.shape if qtype == F32 else data.shape, raw_dtype=qtype)
+
+    add("token_embd.weight", rand(n_vocab, s.n_embd, scale=1.0), Q8)
+    add("output_norm.weight", 1.0 + rand(s.n_embd, scale=0.1))
+    add("output.weight", rand(n_vocab, s.n_embd, scale=2.0 / np.sqrt(s.n_embd)), Q8)
+    for i in range(s.n_layer):
+        p = f"blk.{i}."
+        add(p + "attn_norm.weight", 1.0 + rand(s.n_embd, scale=0.1))
+        for name, rows in (("attn_q", s.n_head * hd), ("attn_k", s.n_head_kv * hd), ("attn_v", s.n_head_kv * hd)):
+            add(p + name + ".weight", rand(rows, s.n_embd), Q8)
+            add(p + name + ".bias", rand(rows, scale=0.1))
+        add(p + "attn_output.weight", rand(s.n_embd, s.n_head * hd), Q8)
+        add(p + "attn_output.bias", rand(s.n_embd, scale=0.1))
+        add(p + "attn_sinks.weight", rand(s.n_head, scale=1.0))
+        add(p + "post_attention_norm.weight", 1.0 + rand(s.n_embd, scale=0.1))
+        add(p + "ffn_gate_inp.weight", rand(s.n_expert, s.n_embd, scale=1.0 / np.sqrt(s.n_embd)))
+        add(p + "ffn_gate_inp.bias", rand(s.n_expert, scale=0.1))
+        add(p + "ffn_gate_exps.weight", rand(s.n_expert, s.n_ff, s.n_embd, scale=2.0 / np.sqrt(s.n_embd)), MX)
+        add(p + "ffn_gate_exps.bias", rand(s.n_expert, s.n_ff, scale=0.1))
+        add(p + "ffn_up_exps.weight", rand(s.n_expert, s.n_ff, s.n_embd, scale=2.0 / np.sqrt(s.n_embd)), MX)
+        add(p + "ffn_up_exps.bias", rand(s.n_expert, s.n_ff, scale=0.1))
+        add(p + "ffn_down_exps.weight", rand(s.n_expert, s.n_embd, s.n_ff), MX)
+        add(p + "ffn_down_exps.bias", rand(s.n_expert, s.n_embd, scale=0.1))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+WRITERS = {"llama-moe": write_llama_moe, "gpt-oss": write_gpt_oss}
 
 
 def main(argv=None) -> int:
@@ -134,8 +272,10 @@ def main(argv=None) -> int:
     ap.add_argument("kind", choices=sorted(WRITERS))
     ap.add_argument("out", type=Path)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--shape", choices=sorted(GPT_OSS_SHAPES), default="tiny", help="gpt-oss dimensions")
     args = ap.parse_args(argv)
-    print(WRITERS[args.kind](args.out, seed=args.seed))
+    kw = {"shape": args.shape} if args.kind == "gpt-oss" else {}
+    print(WRITERS[args.kind](args.out, seed=args.seed, **kw))
     return 0
 
 

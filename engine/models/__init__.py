@@ -14,6 +14,7 @@ from engine.gguf_file import GGUF
 ARCHITECTURES: dict[str, str] = {
     "llama": "engine.models.llama",
     "gemma3": "engine.models.gemma3",
+    "gpt-oss": "engine.models.gpt_oss",
 }
 
 

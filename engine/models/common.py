@@ -77,6 +77,7 @@ class KVCache:
 
     def __init__(self, backend, n_layer: int, n_ctx: int, n_head_kv: int, head_dim_k: int, head_dim_v: int):
         self.n_ctx, self.n_past = n_ctx, 0
+        self._round = getattr(backend, "round_kv", None)
         zeros = lambda d: backend.asarray(np.zeros((n_ctx, n_head_kv, d), np.float32))  # noqa: E731
         self.k = [zeros(head_dim_k) for _ in range(n_layer)]
         self.v = [zeros(head_dim_v) for _ in range(n_layer)]
@@ -88,6 +89,8 @@ class KVCache:
     def store(self, layer: int, k, v):
         """Write this step's k, v (n_tok, n_head_kv, d) at n_past; return all keys/values so far."""
         end = self.n_past + k.shape[0]
+        if self._round is not None:
+            k, v = self._round(k), self._round(v)
         self.k[layer][self.n_past:end] = k
         self.v[layer][self.n_past:end] = v
         return self.k[layer][:end], self.v[layer][:end]
@@ -100,6 +103,16 @@ class KVCache:
 class ContextFull(ValueError):
     def __init__(self, n_past: int, n_new: int, n_ctx: int):
         super().__init__(f"context is full: {n_past} tokens in the cache + {n_new} new > n_ctx {n_ctx}")
+
+
+def swa_layers_from_gguf(g: GGUF, prefix: str, n_layer: int, n_swa: int, default_period: int) -> tuple[bool, ...]:
+    """Which layers use the sliding window: `{prefix}.attention.sliding_window_pattern` as per-layer
+    bools or a period n (llama_hparams::set_swa_pattern: layer il is windowed iff il % n < n - 1)."""
+    pattern = g.get(f"{prefix}.attention.sliding_window_pattern", default_period)
+    if isinstance(pattern, (list, tuple, np.ndarray)):
+        return tuple(bool(x) for x in pattern)[:n_layer]
+    period = int(pattern)
+    return tuple(n_swa > 0 and (period == 0 or il % period < period - 1) for il in range(n_layer))
 
 
 def gated_ffn(be, x, gate, up, down, act):

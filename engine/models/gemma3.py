@@ -15,7 +15,7 @@ import numpy as np
 from engine.gguf_file import GGUF
 from kernels import RopeParams
 
-from .common import KVCache, Weights, gated_ffn
+from .common import KVCache, Weights, gated_ffn, swa_layers_from_gguf
 from .llama import rope_params_from_gguf
 
 
@@ -43,12 +43,7 @@ class Params:
         n_layer = int(g.require("gemma3.block_count"))
         head_dim = int(k("attention.key_length", n_embd // n_head))
         n_swa = int(k("attention.sliding_window", 0))
-        pattern = k("attention.sliding_window_pattern", 6)
-        if isinstance(pattern, (list, np.ndarray)):  # per-layer bools
-            swa_layers = tuple(bool(x) for x in pattern)[:n_layer]
-        else:  # llama_hparams::set_swa_pattern(n): layer il is SWA iff il % n < n - 1
-            period = int(pattern)
-            swa_layers = tuple(n_swa > 0 and (period == 0 or il % period < period - 1) for il in range(n_layer))
+        swa_layers = swa_layers_from_gguf(g, "gemma3", n_layer, n_swa, default_period=6)
         n_rot = int(k("rope.dimension_count", head_dim))
         rope_global = rope_params_from_gguf(g, "gemma3", n_dims=n_rot, mode="neox")
         rope_local = RopeParams(n_dims=n_rot, freq_base=float(k("rope.freq_base_swa", 10000.0)), mode="neox")

@@ -263,10 +263,21 @@ def _act_ser(kind, x, g, y):
 # --- attention
 
 
+@njit(inline="always", **_JIT)
+def _f16_round_pos(v):
+    """v >= 0 rounded to the nearest f16 (ties to even), as float32."""
+    if v >= np.float32(6.103515625e-05):
+        mant, e = math.frexp(np.float64(v))
+        return np.float32(math.ldexp(np.rint(math.ldexp(mant, 11)), e - 11))
+    return np.float32(np.rint(np.float64(v) * 16777216.0) / 16777216.0)
+
+
 @njit(**_JIT_FAST)
-def _attn_chunk(q, k, v, t, g, group, j0, j1, qp, kv_pos, scale, window, m, l, acc):
+def _attn_chunk(q, k, v, t, g, group, j0, j1, qp, kv_pos, scale, window, m, l, acc, sinks, has_sinks, p16):
     """The `group` query heads of kv head g (token t) against kv rows [j0, j1): per head the max m
-    of the visible scores, the sum l of exp(s - m) and the unnormalised output acc = sum exp(s - m) v."""
+    of the visible scores, the sum l of exp(s - m) and the unnormalised output acc = sum exp(s - m) v.
+    With p16 (one chunk only) it does what ggml does without flash attention: the probabilities are
+    normalised (sinks included) and rounded to f16 before they multiply V; acc is then the output."""
     d_k = q.shape[2]
     d_v = v.shape[2]
     h0 = g * group
@@ -319,12 +330,26 @@ def _attn_chunk(q, k, v, t, g, group, j0, j1, qp, kv_pos, scale, window, m, l, a
         mr = NEG_INF
         for p in range(nv):
             mr = max(mr, s[r, p])
+        m[r] = mr
+        if p16:  # ggml_soft_max_ext: the max includes the sink, then exp, sum, scale, f16
+            sk = sinks[g * group + r] if has_sinks else NEG_INF
+            mx = max(mr, sk)
+            tot = 0.0
+            for p in range(nv):
+                e = np.exp(s[r, p] - mx)
+                s[r, p] = e
+                tot += np.float64(e)
+            if has_sinks:
+                tot += np.float64(np.exp(sk - mx))
+            inv = np.float32(1.0 / tot)
+            for p in range(nv):
+                s[r, p] = _f16_round_pos(s[r, p] * inv)
+            continue
         tot = 0.0
         for p in range(nv):
             e = _exp(s[r, p] - mr)
             s[r, p] = e
             tot += np.float64(e)
-        m[r] = mr
         l[r] = tot
     for p in range(nv):
         j = idx[p]
@@ -335,7 +360,7 @@ def _attn_chunk(q, k, v, t, g, group, j0, j1, qp, kv_pos, scale, window, m, l, a
 
 
 @njit(**_JIT_FAST)
-def _attn_item(it, q, k, v, q_pos, kv_pos, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf):
+def _attn_item(it, q, k, v, q_pos, kv_pos, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf, p16):
     n_tok, n_head = q.shape[0], q.shape[1]
     n_kv, n_head_kv = k.shape[0], k.shape[1]
     d_v = v.shape[2]
@@ -353,8 +378,13 @@ def _attn_item(it, q, k, v, q_pos, kv_pos, scale, window, sinks, has_sinks, n_ch
     m = np.empty(group, np.float32)
     l = np.empty(group, np.float64)
     acc = np.empty((group, d_v), np.float32)
-    _attn_chunk(q, k, v, t, g, group, j0, j1, q_pos[t], kv_pos, scale, window, m, l, acc)
+    _attn_chunk(q, k, v, t, g, group, j0, j1, q_pos[t], kv_pos, scale, window, m, l, acc, sinks, has_sinks, p16)
     h0 = g * group
+    if p16:
+        for r in range(group):
+            for d in range(d_v):
+                out[t, h0 + r, d] = acc[r, d] if m[r] != NEG_INF else ZERO
+        return
     if n_chunks > 1:
         for r in range(group):
             mbuf[t, h0 + r, c] = m[r]
@@ -381,17 +411,17 @@ def _attn_item(it, q, k, v, q_pos, kv_pos, scale, window, sinks, has_sinks, n_ch
 
 
 @njit(parallel=True, **_JIT)
-def _attn_par(q, k, v, q_pos, kv_pos, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf):
+def _attn_par(q, k, v, q_pos, kv_pos, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf, p16):
     n_items = q.shape[0] * k.shape[1] * n_chunks
     for it in prange(n_items):
-        _attn_item(it, q, k, v, q_pos, kv_pos, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf)
+        _attn_item(it, q, k, v, q_pos, kv_pos, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf, p16)
 
 
 @njit(**_JIT)
-def _attn_ser(q, k, v, q_pos, kv_pos, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf):
+def _attn_ser(q, k, v, q_pos, kv_pos, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf, p16):
     n_items = q.shape[0] * k.shape[1] * n_chunks
     for it in range(n_items):
-        _attn_item(it, q, k, v, q_pos, kv_pos, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf)
+        _attn_item(it, q, k, v, q_pos, kv_pos, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf, p16)
 
 
 @njit(parallel=True, **_JIT_FAST)
@@ -539,8 +569,11 @@ class NumbaOps(NumpyOps):
         out = np.empty((n_tok, n_head, d_v), np.float32)
         if n_tok == 0:
             return out
+        p16 = self.half_attention
+        if p16:  # ggml without flash attention: f16 Q (K and V are stored in f16: round_kv)
+            q = q.astype(np.float16).astype(np.float32)
         parallel = self._parallel(n_tok * n_head * max(n_kv, 1) * (d_k + d_v))
-        n_chunks = self._kv_chunks(n_tok * n_head_kv, n_kv, parallel)
+        n_chunks = 1 if p16 else self._kv_chunks(n_tok * n_head_kv, n_kv, parallel)
         if n_chunks > 1:
             mbuf = np.empty((n_tok, n_head, n_chunks), np.float32)
             lbuf = np.empty((n_tok, n_head, n_chunks), np.float64)
@@ -550,7 +583,7 @@ class NumbaOps(NumpyOps):
             lbuf = np.empty((1, 1, 1), np.float64)
             abuf = np.empty((1, 1, 1, 1), np.float32)
         kern = _attn_par if parallel else _attn_ser
-        kern(q, k, v, qp, kp, np.float32(scale), np.int64(window or 0), sk, has_sinks, n_chunks, out, mbuf, lbuf, abuf)
+        kern(q, k, v, qp, kp, np.float32(scale), np.int64(window or 0), sk, has_sinks, n_chunks, out, mbuf, lbuf, abuf, p16)
         if n_chunks > 1:
             _attn_combine(mbuf, lbuf, abuf, sk, has_sinks, out)
         return out
