@@ -30,7 +30,8 @@ class Completion:
     finish_reason: str                 # "stop" (EOG or stop string) | "length"
     prompt_tokens: int
     timings: Timings
-    message: dict | None = None        # chat only: {"role", "content", "reasoning_content"?}
+    message: dict | None = None        # chat only: {"role", "content", "reasoning_content"?, "tool_calls"?}
+    eog_token: int | None = None       # the end-of-generation token that stopped it, if one did
 
     @property
     def usage(self) -> dict:
@@ -46,6 +47,8 @@ class Piece:
     token: int | None
     finish_reason: str | None = None
     completion: Completion | None = None  # set on the last piece
+    kind: str = "content"                 # chat: "content", "reasoning" or "tool_call"
+    name: str | None = None               # tool_call pieces: the function's name
 
 
 class Engine:
@@ -153,7 +156,7 @@ class Engine:
         timings = Timings(prompt_n=len(todo), cache_n=len(ids) - len(todo))
         history = list(ids)
         utf8, matcher = Utf8Stream(), StopMatcher(stops)
-        out_tokens, text, finish = [], [], "length"
+        out_tokens, text, finish, eog = [], [], "length", None
 
         def sample(logits):
             return sampler.sample(logits, history)
@@ -171,7 +174,7 @@ class Engine:
             sampler.accept(tok)
             history.append(tok)
             if self.tokenizer.is_eog(tok):
-                finish = "stop"
+                finish, eog = "stop", tok
                 break
             out_tokens.append(tok)
             piece, stopped = matcher.feed(utf8.push(self.tokenizer.token_to_piece(tok)))
@@ -189,7 +192,7 @@ class Engine:
                 yield Piece(rest, None)
         steps.close() if hasattr(steps, "close") else None
         timings.predicted_n = len(out_tokens)
-        done = Completion("".join(text), out_tokens, finish, len(ids), timings)
+        done = Completion("".join(text), out_tokens, finish, len(ids), timings, eog_token=eog)
         yield Piece("", None, finish, done)
 
     # --- chat
@@ -205,15 +208,59 @@ class Engine:
     def apply_template(self, messages, add_generation_prompt: bool = True, template: str | None = None, **kw) -> str:
         return self.chat_template(template).render(messages, add_generation_prompt=add_generation_prompt, **kw)
 
-    def chat(self, messages, template: str | None = None, stream: bool = False, **kw):
-        """Generate the assistant's reply to `messages`; the result's `.message` is the reply."""
-        prompt = self.apply_template(messages, template=template)
+    @property
+    def is_harmony(self) -> bool:
+        """gpt-oss's harmony format: channels and messages marked by special tokens."""
+        return all(self.tokenizer.token_to_id(t) is not None for t in ("<|channel|>", "<|message|>", "<|start|>"))
+
+    def chat(self, messages, template: str | None = None, stream: bool = False, tools: list | None = None,
+             reasoning_effort: str | None = None, template_kwargs: dict | None = None, **kw):
+        """Generate the assistant's reply to `messages`; the result's `.message` is the reply
+        (`content`, and for models that separate them `reasoning_content` and `tool_calls`).
+        With stream=True, an iterator of `Piece`s whose `kind` says what each one is.
+        `tools` (OpenAI function specs) and `reasoning_effort` (low/medium/high) go to the template."""
+        extra = dict(template_kwargs or {})
+        if tools is not None:
+            extra["tools"] = tools
+        if reasoning_effort is not None:
+            extra["reasoning_effort"] = reasoning_effort
+        prompt = self.apply_template(messages, template=template, **extra)
         # the rendered template already holds BOS where the template wants it (llama.cpp tokenizes chat
         # prompts with add_special only if the template does not start with BOS)
         bos = self.tokenizer.bos_text
         ids = self.tokenize(prompt, add_bos=not (bos and prompt.startswith(bos)), special=True)
-        result = self.generate(ids, stream=stream, **kw)
+        pieces = self.generate(ids, stream=True, **kw)
+        it = self._harmony_pieces(pieces) if self.is_harmony else self._plain_pieces(pieces)
         if stream:
-            return result
-        result.message = {"role": "assistant", "content": result.text}
-        return result
+            return it
+        for piece in it:
+            if piece.completion is not None:
+                return piece.completion
+        raise AssertionError("generation ended without a completion")  # pragma: no cover
+
+    @staticmethod
+    def _plain_pieces(pieces) -> Iterator[Piece]:
+        for piece in pieces:
+            if piece.completion is not None:
+                piece.completion.message = {"role": "assistant", "content": piece.completion.text}
+            yield piece
+
+    def _harmony_pieces(self, pieces) -> Iterator[Piece]:
+        from .harmony import HarmonyParser
+
+        parser = HarmonyParser()
+        for piece in pieces:
+            if piece.completion is None:
+                for d in parser.feed(piece.text):
+                    yield Piece(d.text, piece.token, kind=d.kind, name=d.name)
+                continue
+            done = piece.completion
+            stop = self.tokenizer.detokenize([done.eog_token], special=True) if done.eog_token is not None else ""
+            for d in parser.feed(stop):
+                yield Piece(d.text, None, kind=d.kind, name=d.name)
+            r = parser.finish()
+            done.message = {"role": "assistant", "content": r.content, "reasoning_content": r.reasoning}
+            if r.tool_calls:
+                done.message["tool_calls"] = r.tool_calls
+                done.finish_reason = "tool_calls"
+            yield Piece("", None, done.finish_reason, done)

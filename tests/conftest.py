@@ -55,3 +55,13 @@ def llama_cpp():
             pytest.fail("llama-cpp-python is not installed (see .ci/run)")
         pytest.skip("llama-cpp-python is not installed")
     return mod
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt_oss_path(tmp_path_factory) -> Path:
+    """A random-weight gpt-oss (tools/make_tiny_gguf.py) carrying gpt-oss's own chat template."""
+    import make_tiny_gguf
+
+    template = _model(fetch_test_models.GPT_OSS_TEMPLATE).read_text()
+    return make_tiny_gguf.write_gpt_oss(tmp_path_factory.mktemp("gpt-oss") / "tiny-gpt-oss.gguf",
+                                        chat_template=template)

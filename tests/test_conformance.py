@@ -1,7 +1,8 @@
 """Conformance with llama.cpp on real models: logits, teacher-forced greedy, free-running greedy.
 
 Models: the two real ones (SmolLM2 Q4_1, Gemma 3 Q4_K_M), SmolLM2 re-quantized by llama.cpp into other
-types, and a tiny random-weight Mixtral-style MoE from tools/make_tiny_gguf.py.
+types, and two tiny random-weight models from tools/make_tiny_gguf.py: a Mixtral-style MoE and a
+gpt-oss (MXFP4 experts, sliding window of 16 < the prompts' lengths, YaRN, sinks).
 The bars are the issue's: cosine >= 0.995 and the same top-1 wherever llama.cpp's own top-1/top-2
 margin is >= 0.5; for K-quant/IQ models (llama.cpp rounds activations to 8 bits) 0.97 and 1.0.
 
@@ -33,12 +34,12 @@ FLOOR_SLACK = 0.015      # no position may fall further than this below the cosi
 
 # llama.cpp file types (llama_ftype) SmolLM2 is re-quantized into
 REQUANT = {"Q4_0": 2, "Q5_1": 9, "Q8_0": 7, "F16": 1, "BF16": 32, "Q2_K": 10, "Q3_K_M": 12, "Q5_K_M": 17, "Q6_K": 18}
-MODELS = ["smollm2", "gemma3", "tiny-moe"] + [f"smollm2-{q}" for q in REQUANT]
-MAIN_MODELS = MODELS[:3]
+MODELS = ["smollm2", "gemma3", "tiny-moe", "tiny-gpt-oss"] + [f"smollm2-{q}" for q in REQUANT]
+MAIN_MODELS = MODELS[:4]
 
 
 @pytest.fixture(scope="session")
-def model_files(tmp_path_factory, smollm2_path, gemma3_path, llama_cpp):
+def model_files(tmp_path_factory, smollm2_path, gemma3_path, tiny_gpt_oss_path, llama_cpp):
     """name -> path, made on first use (re-quantization by llama.cpp itself)."""
     import sys
     from pathlib import Path
@@ -47,7 +48,7 @@ def model_files(tmp_path_factory, smollm2_path, gemma3_path, llama_cpp):
     import make_tiny_gguf
 
     tmp = tmp_path_factory.mktemp("models")
-    made = {"smollm2": smollm2_path, "gemma3": gemma3_path}
+    made = {"smollm2": smollm2_path, "gemma3": gemma3_path, "tiny-gpt-oss": tiny_gpt_oss_path}
 
     def get(name):
         if name not in made:

@@ -86,5 +86,5 @@ def test_chat_returns_an_assistant_message(eng):
 
 
 def test_unknown_architecture_lists_the_supported_ones():
-    with pytest.raises(UnsupportedArchitecture, match="supported: gemma3, llama"):
+    with pytest.raises(UnsupportedArchitecture, match="supported: gemma3, gpt-oss, llama"):
         model_class("mamba")

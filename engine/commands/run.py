@@ -18,14 +18,40 @@ def add_arguments(p):
     add_sampling_args(p)
     p.add_argument("--chat-template", default=None, help="named template instead of the model's (e.g. chatml, gemma)")
     p.add_argument("--system", default=None, help="a system message")
+    p.add_argument("--hide-reasoning", action="store_true",
+                   help="do not print the reasoning of models that separate it (gpt-oss); shown dimmed otherwise")
+    p.add_argument("--reasoning-effort", choices=["low", "medium", "high"], default=None,
+                   help="gpt-oss: the reasoning effort its system message asks for")
+
+
+DIM, RESET = "\x1b[2m", "\x1b[0m"
 
 
 def _answer(eng, messages, args) -> str:
-    parts = []
-    for piece in eng.chat(messages, template=args.chat_template, stream=True, **sampling_kwargs(args)):
-        sys.stdout.write(piece.text)
+    """Stream one reply: reasoning dimmed (or hidden), the answer plainly; returns the answer."""
+    tty = sys.stdout.isatty()
+    parts, kind = [], "content"
+    kw = sampling_kwargs(args)
+    if args.reasoning_effort:
+        kw["reasoning_effort"] = args.reasoning_effort
+    for piece in eng.chat(messages, template=args.chat_template, stream=True, **kw):
+        if not piece.text and piece.kind != "tool_call":
+            continue
+        if piece.kind == "reasoning":
+            if args.hide_reasoning:
+                continue
+            sys.stdout.write((DIM + piece.text + RESET) if tty else piece.text)
+        elif piece.kind == "tool_call":
+            if piece.text == "" and piece.name:
+                sys.stdout.write(f"\n[tool call] {piece.name} ")
+            sys.stdout.write(piece.text)
+        else:
+            if kind == "reasoning" and not args.hide_reasoning:
+                sys.stdout.write("\n\n")
+            sys.stdout.write(piece.text)
+            parts.append(piece.text)
+        kind = piece.kind
         sys.stdout.flush()
-        parts.append(piece.text)
     sys.stdout.write("\n")
     return "".join(parts)
 

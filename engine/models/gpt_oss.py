@@ -71,6 +71,7 @@ class Model:
         self.p = p = Params.from_gguf(gguf)
         self.be = backend
         self.w = w = Weights(gguf, backend, p.n_layer)
+        self.router_trace: list | None = None  # set to [] to record each layer's routing margins
         self.token_embd = w.raw("token_embd.weight")
         self.output = w.output if w.has("output") else backend.upload(self.token_embd)
         # expert biases are 2-D (n_expert, n): kept as float arrays and indexed by the chosen experts
@@ -120,6 +121,9 @@ class Model:
         be, p = self.be, self.p
         logits = be.to_numpy(be.matmul(x, L.ffn_gate_inp) + L.ffn_gate_inp_bias)      # (n_tok, n_expert)
         ids = top_k_experts(logits, p.n_expert_used)
+        if self.router_trace is not None:  # k-th minus (k+1)-th logit: how near a different choice was
+            top = -np.sort(-logits, axis=-1)
+            self.router_trace.append(top[:, p.n_expert_used - 1] - top[:, p.n_expert_used])
         weights = be.to_numpy(be.softmax(np.take_along_axis(logits, ids, axis=-1)))   # (n_tok, n_used)
         up = be.matmul_experts(x, L.ffn_up_exps, ids) + be.asarray(bias["ffn_up_exps"][ids])
         gate = be.matmul_experts(x, L.ffn_gate_exps, ids) + be.asarray(bias["ffn_gate_exps"][ids])
