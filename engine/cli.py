@@ -16,6 +16,7 @@ COMMANDS = {
     "generate": "engine.commands.generate",
     "bench": "engine.commands.bench",
     "inspect": "engine.commands.inspect",
+    "serve": "engine.commands.serve",
 }
 
 

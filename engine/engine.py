@@ -56,6 +56,7 @@ class Engine:
         self.gguf, self.model, self.backend, self.tokenizer, self.n_ctx = gguf, model, backend, tokenizer, n_ctx
         self.cache = model.new_cache(n_ctx)
         self.cached_tokens: list[int] = []  # what `cache` holds, for prefix reuse
+        self._aligned = 0  # cached positions computed in whole batches aligned as a cold run's
         self._template = None
 
     @classmethod
@@ -96,17 +97,29 @@ class Engine:
         return np.concatenate(out).astype(np.float32, copy=False)
 
     def _prepare_cache(self, prompt: list[int], reuse: bool = True) -> list[int]:
-        """Reuse the longest cached prefix of `prompt` (unless `reuse` is off); return the tokens still to
-        evaluate."""
+        """Reuse the longest cached prefix of `prompt` that a cold run would have computed the same way
+        (unless `reuse` is off); return the tokens still to evaluate.
+
+        A cold run evaluates a prompt in batches of DEFAULT_BATCH from position 0. Positions that were
+        evaluated in such whole, aligned batches are exactly what a cold run of any prompt sharing
+        them computes (attention is causal), so only those are reused: the reuse point is rounded down
+        to a batch boundary inside `_aligned`. Everything after it is evaluated in the same batches as
+        a cold run, so reusing a prefix never changes a single bit of the result (with llama.cpp's
+        8-bit activations a different batch shape would)."""
+        from .generate import DEFAULT_BATCH
+
         common = 0
         for a, b in zip(self.cached_tokens if reuse else (), prompt):
             if a != b:
                 break
             common += 1
-        common = min(common, len(prompt) - 1)  # always evaluate at least one token to get logits
+        common = min(common, len(prompt) - 1, self._aligned)  # evaluate >= 1 token to get logits
+        common -= common % DEFAULT_BATCH
         self.cache.truncate(common)
         self.cached_tokens = prompt[:common]
-        return prompt[common:]
+        todo = prompt[common:]
+        self._aligned = common + len(todo) - len(todo) % DEFAULT_BATCH
+        return todo
 
     # --- generation
     def generate(self, prompt, max_tokens: int = 128, temperature: float = 0.8, top_k: int = 40,
@@ -118,10 +131,8 @@ class Engine:
         iterator of `Piece`s whose last one carries the `Completion`.
 
         cache_prompt (llama-server's name, on by default as there) reuses the KV cache of the longest
-        prefix this engine evaluated last. As in llama.cpp, the tokens after the reused prefix are then
-        evaluated in a different batch shape than a cold run would use, and with 8-bit activations that
-        can change the last bits of the logits and so, at a near-tie, a token. Turn it off for runs that
-        must repeat bit for bit."""
+        prefix this engine evaluated last, in whole prompt batches (`_prepare_cache`), so that reuse
+        never changes the result: the same seed gives the same text with or without it."""
         from .sampler import Sampler, SamplerParams
 
         ids = list(prompt) if not isinstance(prompt, str) else self.tokenize(prompt, add_bos=add_bos, special=special)

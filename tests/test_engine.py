@@ -37,12 +37,21 @@ def test_same_seed_same_text_and_greedy_is_deterministic(eng):
 
 
 def test_prefix_cache_reuse_gives_the_same_tokens(smollm2_path):
-    """With exact float32 products a reused prefix changes nothing; with llama.cpp's 8-bit activations
-    the re-evaluated tail may differ in the last bits, as it does in llama.cpp (see generate's doc)."""
-    eng = Engine.load(smollm2_path, n_ctx=256, n_threads=2, activations="f32")
-    cold = eng.generate("The three primary colors are", max_tokens=10, temperature=0)
-    warm = eng.generate("The three primary colors are", max_tokens=10, temperature=0)
-    assert cold.timings.cache_n == 0 and warm.timings.cache_n > 0 and warm.tokens == cold.tokens
+    """Reused positions are whole aligned prompt batches, so a warm run is bit-identical to a cold one
+    (with llama.cpp's 8-bit activations any other batch split would change last bits)."""
+    from engine.generate import DEFAULT_BATCH
+
+    eng = Engine.load(smollm2_path, n_ctx=1024, n_threads=2)
+    system = " ".join(f"Rule {i}: answer in plain words." for i in range(40))
+    prompt = eng.tokenize(system)
+    assert DEFAULT_BATCH < len(prompt) < 2 * DEFAULT_BATCH
+    cold = eng.generate(prompt, max_tokens=10, temperature=0)
+    warm = eng.generate(prompt, max_tokens=10, temperature=0)
+    other = eng.generate(prompt + eng.tokenize(" Then", add_bos=False), max_tokens=10, temperature=0)
+    fresh = eng.generate(prompt + eng.tokenize(" Then", add_bos=False), max_tokens=10, temperature=0,
+                         cache_prompt=False)
+    assert cold.timings.cache_n == 0 and warm.timings.cache_n == other.timings.cache_n == DEFAULT_BATCH
+    assert warm.tokens == cold.tokens and other.tokens == fresh.tokens
 
 
 def test_stream_pieces_join_to_the_text(eng):

@@ -1,0 +1,422 @@
+"""The OpenAI-compatible HTTP API (Starlette through FastAPI, served by uvicorn).
+
+Generation runs in a worker thread per request, pieces cross to the event loop through a queue, so
+/health and other requests never wait on a running generation. A client that goes away sets the
+request's cancel flag; its worker stops at the next token and frees the slot.
+Errors are OpenAI's JSON (`{"error": {"message", "type", "code"}}`), 4xx for anything the client
+sent; a failing request never takes the server down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+
+from .registry import ModelRegistry, UnknownModel
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.code = status, message, type_, code
+
+
+def error_response(status: int, message: str, type_: str, code: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type_, "code": code}}, status_code=status)
+
+
+# --- request fields (checked by hand: the messages name the field, as OpenAI's do)
+
+
+def _field(body: dict, name: str, kind, default=None, *, low=None, high=None):
+    if name not in body or body[name] is None:
+        return default
+    v = body[name]
+    ok = isinstance(v, kind) and not (isinstance(v, bool) and kind in (int, float, (int, float)))
+    if not ok:
+        want = {int: "an integer", float: "a number", (int, float): "a number", str: "a string", list: "an array",
+                dict: "an object", bool: "a boolean"}.get(kind, str(kind))
+        raise APIError(400, f"'{name}' must be {want}, got {type(v).__name__}", code="invalid_type")
+    if low is not None and v < low or high is not None and v > high:
+        raise APIError(400, f"'{name}' must be between {low} and {high}, got {v}", code="invalid_value")
+    return v
+
+
+def sampling_from(body: dict) -> dict:
+    num = (int, float)
+    max_tokens = _field(body, "max_completion_tokens", int, None, low=0)
+    if max_tokens is None:
+        max_tokens = _field(body, "max_tokens", int, None, low=0)
+    stop = body.get("stop")
+    if stop is not None and not (isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) for s in stop))):
+        raise APIError(400, "'stop' must be a string or an array of strings", code="invalid_type")
+    seed = _field(body, "seed", int, None)
+    return dict(
+        max_tokens=-1 if max_tokens is None else max_tokens,
+        temperature=float(_field(body, "temperature", num, 0.8, low=0, high=2)),
+        top_p=float(_field(body, "top_p", num, 0.95, low=0, high=1)),
+        top_k=int(_field(body, "top_k", int, 40, low=0)),
+        min_p=float(_field(body, "min_p", num, 0.05, low=0, high=1)),
+        presence_penalty=float(_field(body, "presence_penalty", num, 0.0, low=-2, high=2)),
+        frequency_penalty=float(_field(body, "frequency_penalty", num, 0.0, low=-2, high=2)),
+        repeat_penalty=float(_field(body, "repeat_penalty", num, 1.0, low=0)),
+        seed=seed, stop=stop,
+    )
+
+
+def check_messages(body: dict) -> list[dict]:
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise APIError(400, "'messages' must be a non-empty array", code="invalid_type")
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise APIError(400, f"messages[{i}] must be an object with a string 'role'", code="invalid_type")
+        c = m.get("content")
+        if isinstance(c, list):  # content parts: keep the text ones
+            m = dict(m, content="".join(p.get("text", "") for p in c if isinstance(p, dict) and p.get("type") == "text"))
+            msgs[i] = m
+        elif c is not None and not isinstance(c, str):
+            raise APIError(400, f"messages[{i}].content must be a string or an array of parts", code="invalid_type")
+    return msgs
+
+
+# --- running a generation off the event loop
+
+
+class Job:
+    """One generation in a worker thread; `pieces()` yields its Pieces on the event loop."""
+
+    _END = object()
+
+    def __init__(self, model, make_iter):
+        self.model, self.make_iter = model, make_iter
+        self.cancel = threading.Event()
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.loop = asyncio.get_running_loop()
+
+    async def start(self):
+        m = self.model
+        m.waiting += 1
+        try:
+            self.engine = await m.free.get()
+        finally:
+            m.waiting -= 1
+        m.active += 1
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        put = lambda x: self.loop.call_soon_threadsafe(self.queue.put_nowait, x)  # noqa: E731
+        it = None
+        try:
+            it = self.make_iter(self.engine)
+            for piece in it:
+                if self.cancel.is_set():
+                    break
+                put(piece)
+        except Exception as e:  # noqa: BLE001 - reported to the client, the server goes on
+            put(e)
+        finally:
+            if it is not None and hasattr(it, "close"):
+                try:
+                    it.close()
+                except Exception:  # noqa: BLE001
+                    pass
+            put(self._END)
+
+            def release():
+                self.model.active -= 1
+                self.model.free.put_nowait(self.engine)
+
+            self.loop.call_soon_threadsafe(release)
+
+    async def pieces(self):
+        try:
+            while True:
+                item = await self.queue.get()
+                if item is self._END:
+                    return
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            self.cancel.set()
+
+
+def create_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
+    app = FastAPI(title="ggufpy", docs_url=None, redoc_url=None)
+    stats = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "predicted_ms": 0.0, "errors": 0}
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        open_paths = ("/health", "/", "/index.html", "/metrics")
+        if api_key and request.url.path not in open_paths:
+            auth = request.headers.get("authorization", "")
+            if auth != f"Bearer {api_key}" and request.headers.get("x-api-key") != api_key:
+                return error_response(401, "invalid or missing API key", "authentication_error", "invalid_api_key")
+        try:
+            return await call_next(request)
+        except APIError as e:
+            stats["errors"] += 1
+            return error_response(e.status, e.message, e.type, e.code)
+
+    @app.exception_handler(APIError)
+    async def api_error(request, e: APIError):
+        stats["errors"] += 1
+        return error_response(e.status, e.message, e.type, e.code)
+
+    @app.exception_handler(UnknownModel)
+    async def unknown_model(request, e: UnknownModel):
+        stats["errors"] += 1
+        return error_response(404, str(e), "invalid_request_error", "model_not_found")
+
+    @app.exception_handler(Exception)
+    async def internal(request, e: Exception):
+        stats["errors"] += 1
+        return error_response(500, f"internal error: {type(e).__name__}: {e}", "server_error")
+
+    async def body_of(request: Request) -> dict:
+        try:
+            body = json.loads(await request.body() or b"null")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise APIError(400, f"request body is not valid JSON: {e}", code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise APIError(400, "request body must be a JSON object", code="invalid_json")
+        return body
+
+    # --- status
+
+    @app.get("/health")
+    async def health():
+        if registry.load_error is not None:
+            return JSONResponse({"status": "error", "error": str(registry.load_error)}, status_code=500)
+        if registry.loading and not registry.loaded:
+            return JSONResponse({"status": "loading model"}, status_code=503)
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    @app.get("/models")
+    async def models():
+        now = int(time.time())
+        return {"object": "list", "data": [{"id": a, "object": "model", "created": now, "owned_by": "ggufpy",
+                                            "meta": {"path": s.path, "n_ctx": s.n_ctx}}
+                                           for a, s in registry.specs.items()]}
+
+    @app.get("/props")
+    async def props():
+        m = await registry.get(None)
+        e = m.engine
+        return {"model_path": m.spec.path, "model_alias": m.spec.alias, "total_slots": len(m.engines),
+                "n_ctx": e.n_ctx, "chat_template": e.chat_template(m.spec.chat_format).source
+                if hasattr(e.chat_template(m.spec.chat_format), "source") else None,
+                "default_generation_settings": {"n_ctx": e.n_ctx}}
+
+    @app.get("/metrics")
+    async def metrics():
+        lines = []
+        for name, kind, value in (
+                ("requests_total", "counter", stats["requests"]), ("errors_total", "counter", stats["errors"]),
+                ("prompt_tokens_total", "counter", stats["prompt_tokens"]),
+                ("tokens_predicted_total", "counter", stats["completion_tokens"]),
+                ("predicted_tokens_seconds", "gauge",
+                 stats["completion_tokens"] / (stats["predicted_ms"] / 1e3) if stats["predicted_ms"] else 0.0),
+                ("requests_processing", "gauge", sum(m.active for m in registry.loaded.values())),
+                ("requests_deferred", "gauge", sum(m.waiting for m in registry.loaded.values()))):
+            lines += [f"# TYPE ggufpy:{name} {kind}", f"ggufpy:{name} {value}"]
+        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+    # --- tokens and templates
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request):
+        body = await body_of(request)
+        content = _field(body, "content", str, "")
+        m = await registry.get(body.get("model"))
+        ids = m.engine.tokenize(content, add_bos=bool(body.get("add_special", False)),
+                                special=bool(body.get("parse_special", True)))
+        return {"tokens": ids}
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request):
+        body = await body_of(request)
+        toks = _field(body, "tokens", list, [])
+        m = await registry.get(body.get("model"))
+        if not all(isinstance(t, int) and 0 <= t < m.engine.n_vocab for t in toks):
+            raise APIError(400, f"'tokens' must be token ids in [0, {m.engine.n_vocab})", code="invalid_value")
+        return {"content": m.engine.detokenize(toks)}
+
+    @app.post("/apply-template")
+    async def apply_template(request: Request):
+        body = await body_of(request)
+        msgs = check_messages(body)
+        m = await registry.get(body.get("model"))
+        return {"prompt": m.engine.apply_template(msgs, template=m.spec.chat_format)}
+
+    # --- generation
+
+    def account(done):
+        stats["requests"] += 1
+        stats["prompt_tokens"] += done.prompt_tokens
+        stats["completion_tokens"] += len(done.tokens)
+        stats["predicted_ms"] += done.timings.predicted_ms
+
+    def usage_of(done) -> dict:
+        return done.usage
+
+    def timings_of(done) -> dict:
+        t = done.timings
+        return t.as_dict() if hasattr(t, "as_dict") else dict(t.__dict__)
+
+    def check_fits(engine, ids, max_tokens):
+        if len(ids) >= engine.n_ctx:
+            raise APIError(400, f"the prompt is {len(ids)} tokens, more than the context of {engine.n_ctx} allows",
+                           code="context_length_exceeded")
+        if max_tokens is not None and max_tokens >= 0 and len(ids) + max_tokens > engine.n_ctx:
+            raise APIError(400, f"prompt of {len(ids)} tokens + max_tokens {max_tokens} exceeds the context of "
+                                f"{engine.n_ctx} tokens", code="context_length_exceeded")
+
+    @app.post("/v1/chat/completions")
+    @app.post("/chat/completions")
+    async def chat_completions(request: Request):
+        body = await body_of(request)
+        msgs = check_messages(body)
+        kw = sampling_from(body)
+        stream = bool(body.get("stream", False))
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage", False))
+        tools = body.get("tools")
+        extra = {}
+        if tools is not None:
+            if not isinstance(tools, list):
+                raise APIError(400, "'tools' must be an array", code="invalid_type")
+            extra["tools"] = tools
+        effort = body.get("reasoning_effort") or (body.get("reasoning") or {}).get("effort") \
+            if isinstance(body.get("reasoning", {}), dict) else None
+        if effort is not None:
+            extra["reasoning_effort"] = effort
+        m = await registry.get(body.get("model"))
+        eng = m.engine
+        prompt = eng.apply_template(msgs, template=m.spec.chat_format, **extra)
+        ids = eng.tokenize(prompt, add_bos=not (eng.tokenizer.bos_text and prompt.startswith(eng.tokenizer.bos_text)),
+                           special=True)
+        check_fits(eng, ids, kw["max_tokens"])
+        if kw["max_tokens"] < 0:
+            kw["max_tokens"] = eng.n_ctx - len(ids)
+        job = Job(m, lambda e: e.chat(msgs, template=m.spec.chat_format, stream=True, **extra, **kw))
+        await job.start()
+        cid, created, model_name = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), m.spec.alias
+
+        def chunk(delta: dict, finish=None, **more) -> str:
+            obj = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_name,
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **more}
+            return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+        if stream:
+            async def events():
+                yield chunk({"role": "assistant", "content": ""})
+                n_calls = 0
+                try:
+                    async for p in job.pieces():
+                        if p.completion is not None:
+                            done = p.completion
+                            account(done)
+                            yield chunk({}, done.finish_reason, timings=timings_of(done))
+                            if include_usage:
+                                obj = {"id": cid, "object": "chat.completion.chunk", "created": created,
+                                       "model": model_name, "choices": [], "usage": usage_of(done)}
+                                yield f"data: {json.dumps(obj)}\n\n"
+                        elif p.kind == "reasoning" and p.text:
+                            yield chunk({"reasoning_content": p.text})
+                        elif p.kind == "tool_call":
+                            if p.text == "" and p.name:
+                                yield chunk({"tool_calls": [{"index": n_calls, "id": f"call_{n_calls}", "type": "function",
+                                                             "function": {"name": p.name, "arguments": ""}}]})
+                                n_calls += 1
+                            elif p.text:
+                                yield chunk({"tool_calls": [{"index": n_calls - 1, "function": {"arguments": p.text}}]})
+                        elif p.text:
+                            yield chunk({"content": p.text})
+                except Exception as e:  # noqa: BLE001 - the stream ends with an error event
+                    yield f"data: {json.dumps({'error': {'message': str(e), 'type': 'server_error'}})}\n\n"
+                yield "data: [DONE]\n\n"
+
+            return StreamingResponse(events(), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        done = None
+        async for p in job.pieces():
+            if p.completion is not None:
+                done = p.completion
+        account(done)
+        msg = {"role": "assistant", "content": done.message.get("content", done.text)}
+        if done.message.get("reasoning_content"):
+            msg["reasoning_content"] = done.message["reasoning_content"]
+        if done.message.get("tool_calls"):
+            msg["tool_calls"] = done.message["tool_calls"]
+        return {"id": cid, "object": "chat.completion", "created": created, "model": model_name,
+                "choices": [{"index": 0, "message": msg, "finish_reason": done.finish_reason, "logprobs": None}],
+                "usage": usage_of(done), "timings": timings_of(done)}
+
+    @app.post("/v1/completions")
+    @app.post("/completions")
+    async def completions(request: Request):
+        body = await body_of(request)
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if not isinstance(prompt, str) and not (isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt)):
+            raise APIError(400, "'prompt' must be a string, an array of one string, or an array of token ids",
+                           code="invalid_type")
+        kw = sampling_from(body)
+        if body.get("max_tokens") is None:
+            kw["max_tokens"] = 16  # OpenAI's default for completions
+        echo = bool(body.get("echo", False))
+        stream = bool(body.get("stream", False))
+        m = await registry.get(body.get("model"))
+        eng = m.engine
+        ids = eng.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+        check_fits(eng, ids, kw["max_tokens"])
+        job = Job(m, lambda e: e.generate(ids, stream=True, **kw))
+        await job.start()
+        cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        head = eng.detokenize(ids) if echo else ""
+
+        def obj(text, finish=None, **more):
+            return {"id": cid, "object": "text_completion", "created": created, "model": m.spec.alias,
+                    "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}], **more}
+
+        if stream:
+            async def events():
+                if head:
+                    yield f"data: {json.dumps(obj(head))}\n\n"
+                try:
+                    async for p in job.pieces():
+                        if p.completion is not None:
+                            account(p.completion)
+                            yield f"data: {json.dumps(obj('', p.completion.finish_reason, usage=usage_of(p.completion)))}\n\n"
+                        elif p.text:
+                            yield f"data: {json.dumps(obj(p.text), ensure_ascii=False)}\n\n"
+                except Exception as e:  # noqa: BLE001
+                    yield f"data: {json.dumps({'error': {'message': str(e), 'type': 'server_error'}})}\n\n"
+                yield "data: [DONE]\n\n"
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+        done = None
+        async for p in job.pieces():
+            if p.completion is not None:
+                done = p.completion
+        account(done)
+        return obj(head + done.text, done.finish_reason, usage=usage_of(done), timings=timings_of(done))
+
+    @app.get("/")
+    async def index():
+        from fastapi.responses import HTMLResponse
+
+        from .webui import PAGE
+
+        return HTMLResponse(PAGE)
+
+    return app
+

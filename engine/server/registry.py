@@ -1,0 +1,154 @@
+"""The models a server offers: aliases, lazy loading, slots, least-recently-used unloading.
+
+A model is loaded on its first request (in a worker thread, so the event loop and /health keep
+answering) as `parallel` Engines over the same memory-mapped file: the weights are shared through the
+page cache, each slot has its own KV cache. A request takes a free slot or waits in the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class ModelSpec:
+    path: str
+    alias: str
+    n_ctx: int = 4096
+    parallel: int = 1
+    n_threads: int | None = None
+    chat_format: str | None = None      # a named template instead of the model's own
+
+    @classmethod
+    def from_config(cls, entry: dict, defaults: dict) -> "ModelSpec":
+        """One entry of llama-cpp-python's server config (`models: [{model, model_alias, ...}]`)."""
+        if "model" not in entry:
+            raise ValueError(f"config model entry without 'model': {entry}")
+        path = str(entry["model"])
+        return cls(path=path, alias=str(entry.get("model_alias") or Path(path).name),
+                   n_ctx=int(entry.get("n_ctx", defaults.get("n_ctx", 4096))),
+                   parallel=int(entry.get("parallel", defaults.get("parallel", 1))),
+                   n_threads=entry.get("n_threads", defaults.get("n_threads")),
+                   chat_format=entry.get("chat_format"))
+
+
+class UnknownModel(KeyError):
+    def __init__(self, name: str, known: list[str]):
+        super().__init__(name)
+        self.name, self.known = name, known
+
+    def __str__(self) -> str:
+        return f"model {self.name!r} not found; available: {', '.join(self.known)}"
+
+
+@dataclass
+class LoadedModel:
+    spec: ModelSpec
+    engines: list
+    free: asyncio.Queue
+    last_used: float = field(default_factory=time.monotonic)
+    active: int = 0      # requests holding a slot
+    waiting: int = 0     # requests queued for one
+
+    @property
+    def engine(self):
+        return self.engines[0]
+
+
+class ModelRegistry:
+    def __init__(self, specs: list[ModelSpec], memory_budget: int | None = None):
+        if not specs:
+            raise ValueError("no model to serve")
+        self.specs = {s.alias: s for s in specs}
+        self.default = specs[0].alias
+        self.loaded: dict[str, LoadedModel] = {}
+        self.loading: set[str] = set()
+        self.memory_budget = memory_budget
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def names(self) -> list[str]:
+        return list(self.specs)
+
+    def spec(self, name: str | None) -> ModelSpec:
+        key = name or self.default
+        if key not in self.specs:
+            # clients often send the file name or path instead of the alias
+            by_path = {Path(s.path).name: s for s in self.specs.values()} | {s.path: s for s in self.specs.values()}
+            if key in by_path:
+                return by_path[key]
+            raise UnknownModel(key, self.names())
+        return self.specs[key]
+
+    async def get(self, name: str | None) -> LoadedModel:
+        spec = self.spec(name)
+        lock = self._locks.setdefault(spec.alias, asyncio.Lock())
+        async with lock:
+            if spec.alias not in self.loaded:
+                self.loading.add(spec.alias)
+                try:
+                    engines = await asyncio.to_thread(self._load, spec)
+                finally:
+                    self.loading.discard(spec.alias)
+                free: asyncio.Queue = asyncio.Queue()
+                for e in engines:
+                    free.put_nowait(e)
+                self.loaded[spec.alias] = LoadedModel(spec, engines, free)
+                self._evict(keep=spec.alias)
+        m = self.loaded[spec.alias]
+        m.last_used = time.monotonic()
+        return m
+
+    @staticmethod
+    def _load(spec: ModelSpec) -> list:
+        from engine.engine import Engine
+
+        first = Engine.load(spec.path, n_ctx=spec.n_ctx, n_threads=spec.n_threads or os.cpu_count())
+        engines = [first]
+        for _ in range(spec.parallel - 1):  # same weights (memory map, page cache), own KV cache
+            engines.append(type(first)(first.gguf, first.model, first.backend, first.tokenizer, first.n_ctx))
+        return engines
+
+    def _evict(self, keep: str):
+        """Unload least recently used models (not busy, not `keep`) while over the memory budget."""
+        if not self.memory_budget:
+            return
+        while self._resident() > self.memory_budget:
+            idle = [m for a, m in self.loaded.items() if a != keep and m.active == 0]
+            if not idle:
+                return
+            victim = min(idle, key=lambda m: m.last_used)
+            del self.loaded[victim.spec.alias]
+
+    def _resident(self) -> int:
+        return sum(Path(m.spec.path).stat().st_size for m in self.loaded.values())
+
+    def warm(self, name: str | None = None):
+        """Load a model now, in a background thread of its own (the server's start-up load)."""
+        spec = self.spec(name)
+        self.loading.add(spec.alias)
+
+        def run(loop):
+            try:
+                engines = self._load(spec)
+            except Exception as e:  # reported by /health and the first request
+                self.load_error = e
+                self.loading.discard(spec.alias)
+                return
+
+            def install():
+                free: asyncio.Queue = asyncio.Queue()
+                for e in engines:
+                    free.put_nowait(e)
+                self.loaded[spec.alias] = LoadedModel(spec, engines, free)
+                self.loading.discard(spec.alias)
+
+            loop.call_soon_threadsafe(install)
+
+        threading.Thread(target=run, args=(asyncio.get_running_loop(),), daemon=True).start()
+
+    load_error: Exception | None = None

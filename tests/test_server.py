@@ -1,0 +1,219 @@
+"""The OpenAI-compatible server, started for real on a free local port and driven by the official
+`openai` client (and raw HTTP for what a client library would refuse to send)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+openai = pytest.importorskip("openai")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, *args: str):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "engine", "serve", "--port", str(self.port), "-t", "2", *args],
+                                     cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.proc.stdout.read()}")
+            try:
+                if self.get("/health")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("server did not become healthy")
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+        req = urllib.request.Request(self.base + path, data=body, method=method,
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def get(self, path, **kw):
+        return self.request("GET", path, **kw)
+
+    def post(self, path, obj=None, raw: bytes | None = None, **kw):
+        return self.request("POST", path, raw if raw is not None else json.dumps(obj).encode(), **kw)
+
+    def client(self, key: str = "none"):
+        return openai.OpenAI(base_url=self.base + "/v1", api_key=key, max_retries=0)
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server(smollm2_path, tiny_gpt_oss_path, tmp_path_factory):
+    """Two models by alias from a llama-cpp-python style config, two slots each."""
+    cfg = tmp_path_factory.mktemp("srv") / "config.json"
+    cfg.write_text(json.dumps({"host": "127.0.0.1", "models": [
+        {"model": str(smollm2_path), "model_alias": "smol", "n_ctx": 512, "n_gpu_layers": -1, "chat_format": None},
+        {"model": str(tiny_gpt_oss_path), "model_alias": "oss", "n_ctx": 512}]}))
+    s = Server("--config", str(cfg), "--parallel", "2")
+    yield s
+    s.stop()
+
+
+HELLO = [{"role": "user", "content": "Name three colors."}]
+
+
+def test_models_lists_both_aliases(server):
+    assert [m.id for m in server.client().models.list().data] == ["smol", "oss"]
+
+
+def test_chat_plain_and_streamed_give_the_same_text(server):
+    c = server.client()
+    r = c.chat.completions.create(model="smol", messages=HELLO, max_tokens=16, temperature=0)
+    text = r.choices[0].message.content
+    assert text and r.choices[0].finish_reason in ("stop", "length")
+    assert r.usage.completion_tokens == 16 or r.choices[0].finish_reason == "stop"
+    timings = r.model_extra["timings"]
+    assert timings["predicted_n"] == r.usage.completion_tokens and timings["predicted_per_second"] > 0
+    chunks = list(c.chat.completions.create(model="smol", messages=HELLO, max_tokens=16, temperature=0, stream=True,
+                                            stream_options={"include_usage": True}))
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == text
+    assert chunks[-1].usage.completion_tokens == r.usage.completion_tokens
+
+
+def test_completions_with_echo(server):
+    r = server.client().completions.create(model="smol", prompt="The sky is", max_tokens=6, temperature=0, echo=True)
+    assert r.choices[0].text.startswith("The sky is") and len(r.choices[0].text) > len("The sky is")
+
+
+def test_tokenize_detokenize_template_props_metrics(server):
+    st, body = server.post("/tokenize", {"model": "smol", "content": "Hello world"})
+    toks = json.loads(body)["tokens"]
+    assert st == 200 and toks
+    assert json.loads(server.post("/detokenize", {"model": "smol", "tokens": toks})[1])["content"] == "Hello world"
+    prompt = json.loads(server.post("/apply-template", {"model": "smol", "messages": HELLO})[1])["prompt"]
+    assert "Name three colors." in prompt and prompt.rstrip().endswith("assistant")
+    assert server.get("/props")[0] == 200
+    st, text = server.get("/metrics")
+    assert st == 200 and "ggufpy:requests_total" in text and "ggufpy:requests_deferred" in text
+
+
+def test_gpt_oss_answers_never_leak_harmony_markers(server):
+    r = server.client().chat.completions.create(model="oss", messages=HELLO, max_tokens=24, temperature=0,
+                                                extra_body={"reasoning_effort": "low"})
+    msg = r.choices[0].message
+    assert "<|channel|>" not in (msg.content or "") and "<|message|>" not in (msg.content or "")
+
+
+def _stream_text(server, seed: int, out: dict, key: int):
+    chunks = server.client().chat.completions.create(
+        model="smol", messages=[{"role": "user", "content": f"Tell me a short story number {seed}."}],
+        max_tokens=20, temperature=0.8, seed=seed, stream=True)
+    out[key] = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+
+
+def test_eight_streams_on_two_slots_are_independent_and_health_stays_fast(server):
+    alone = {}
+    for seed in range(8):
+        _stream_text(server, seed, alone, seed)
+    together: dict = {}
+    threads = [threading.Thread(target=_stream_text, args=(server, seed, together, seed)) for seed in range(8)]
+    for t in threads:
+        t.start()
+    worst = 0.0
+    while any(t.is_alive() for t in threads):
+        t0 = time.perf_counter()
+        assert server.get("/health")[0] == 200
+        worst = max(worst, time.perf_counter() - t0)
+        time.sleep(0.05)
+    for t in threads:
+        t.join()
+    assert together == alone
+    assert worst < 0.1, f"/health took {worst * 1e3:.0f} ms during generation"
+
+
+def test_a_dropped_stream_frees_its_slot(server):
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.request("POST", "/v1/chat/completions", json.dumps({"model": "smol", "messages": HELLO, "max_tokens": 400,
+                                                              "stream": True}), {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    resp.fp.readline()  # the first event: generation is running
+    conn.close()        # the client goes away mid-stream
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        metrics = server.get("/metrics")[1]
+        if "ggufpy:requests_processing 0" in metrics:
+            break
+        time.sleep(0.1)
+    assert "ggufpy:requests_processing 0" in metrics
+    r = server.client().chat.completions.create(model="smol", messages=HELLO, max_tokens=4, temperature=0)
+    assert r.choices[0].message.content is not None
+
+
+BAD = [
+    ("malformed JSON", "/v1/chat/completions", b"{bad json", 400),
+    ("not an object", "/v1/chat/completions", b"[1, 2]", 400),
+    ("messages not a list", "/v1/chat/completions", json.dumps({"model": "smol", "messages": "hi"}).encode(), 400),
+    ("negative max_tokens", "/v1/chat/completions",
+     json.dumps({"model": "smol", "messages": HELLO, "max_tokens": -5}).encode(), 400),
+    ("temperature a string", "/v1/chat/completions",
+     json.dumps({"model": "smol", "messages": HELLO, "temperature": "hot"}).encode(), 400),
+    ("stop a number", "/v1/chat/completions", json.dumps({"model": "smol", "messages": HELLO, "stop": 3}).encode(), 400),
+    ("prompt longer than the context", "/v1/completions",
+     json.dumps({"model": "smol", "prompt": "word " * 2000}).encode(), 400),
+    ("prompt of the wrong type", "/v1/completions", json.dumps({"model": "smol", "prompt": {"a": 1}}).encode(), 400),
+    ("unknown model", "/v1/chat/completions", json.dumps({"model": "gpt-9", "messages": HELLO}).encode(), 404),
+    ("token id out of range", "/detokenize", json.dumps({"model": "smol", "tokens": [10 ** 9]}).encode(), 400),
+]
+
+
+@pytest.mark.parametrize("what, path, body, status", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_gets_openai_error_json_and_the_server_goes_on(server, what, path, body, status):
+    st, text = server.post(path, raw=body)
+    assert st == status, text
+    err = json.loads(text)["error"]
+    assert err["message"] and err["type"]
+    assert server.get("/health")[0] == 200
+
+
+def test_unknown_model_lists_the_known_ones(server):
+    with pytest.raises(openai.NotFoundError, match="smol"):
+        server.client().chat.completions.create(model="gpt-9", messages=HELLO)
+
+
+def test_api_key_is_required_when_set(smollm2_path):
+    s = Server("-m", str(smollm2_path), "--alias", "smol", "-c", "256", "--api-key", "sekret")
+    try:
+        with pytest.raises(openai.AuthenticationError):
+            s.client("wrong").models.list()
+        assert s.post("/v1/chat/completions", {"model": "smol", "messages": HELLO})[0] == 401
+        assert [m.id for m in s.client("sekret").models.list().data] == ["smol"]
+        assert s.get("/health")[0] == 200  # health stays open for load balancers
+    finally:
+        s.stop()
