@@ -96,6 +96,30 @@ class Engine:
             out.append(self.backend.to_numpy(self.model.forward(ids[i:i + 256], cache, last_only=False)))
         return np.concatenate(out).astype(np.float32, copy=False)
 
+    def embed(self, text_or_ids, pooling: str = "mean", normalize: bool = True) -> np.ndarray:
+        """One vector for the input: the output-normed hidden states (llama.cpp's embeddings of a
+        generative model) pooled over the tokens ("mean", "last" or "cls"/first), L2-normalised as
+        llama-server returns them. Evaluated from an empty context, like `logits`."""
+        ids = self.tokenize(text_or_ids) if isinstance(text_or_ids, str) else list(text_or_ids)
+        if not ids:
+            raise ValueError("nothing to embed: the input has no tokens")
+        if len(ids) > self.n_ctx:
+            raise ContextLengthError(f"{len(ids)} tokens do not fit in the context of {self.n_ctx}")
+        cache = self.model.new_cache(len(ids))
+        from .generate import DEFAULT_BATCH
+
+        h = np.concatenate([self.backend.to_numpy(self.model.forward(ids[i:i + DEFAULT_BATCH], cache, last_only=False,
+                                                                     embeddings=True))
+                            for i in range(0, len(ids), DEFAULT_BATCH)])
+        poolers = {"mean": lambda a: a.mean(0), "last": lambda a: a[-1], "cls": lambda a: a[0]}
+        if pooling not in poolers:
+            raise ValueError(f"unknown pooling {pooling!r}; known: {', '.join(poolers)}")
+        v = poolers[pooling](h.astype(np.float64))
+        if normalize:
+            n = np.linalg.norm(v)
+            v = v / n if n > 0 else v
+        return v.astype(np.float32)
+
     def _prepare_cache(self, prompt: list[int], reuse: bool = True) -> list[int]:
         """Reuse the longest cached prefix of `prompt` that a cold run would have computed the same way
         (unless `reuse` is off); return the tokens still to evaluate.

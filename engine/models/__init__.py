@@ -1,7 +1,8 @@
 """Model architectures, one module per `general.architecture`, imported lazily.
 
 Each module defines a frozen `Params` dataclass read from GGUF metadata and a `Model` class with
-`Model(gguf, backend)` and `forward(tokens, cache, last_only=True) -> logits`.
+`Model(gguf, backend)` and `forward(tokens, cache, last_only=True, embeddings=False) -> logits`
+(or, with embeddings=True, the output-normed hidden states).
 """
 
 from __future__ import annotations

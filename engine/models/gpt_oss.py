@@ -90,8 +90,9 @@ class Model:
         p = self.p
         return KVCache(self.be, p.n_layer, n_ctx, p.n_head_kv, p.head_dim, p.head_dim)
 
-    def forward(self, tokens, cache: KVCache, last_only: bool = True):
-        """Run `tokens` (n_tok,) at cache positions n_past..; return logits (1 or n_tok, n_vocab)."""
+    def forward(self, tokens, cache: KVCache, last_only: bool = True, embeddings: bool = False):
+        """Run `tokens` (n_tok,) at cache positions n_past..; return logits (1 or n_tok, n_vocab), or
+        with `embeddings` the output-normed hidden states (llama.cpp's t_embd) instead."""
         be, p, w = self.be, self.p, self.w
         n = len(tokens)
         cache.check_room(n)
@@ -114,7 +115,8 @@ class Model:
         cache.n_past += n
         if last_only:
             h = h[-1:]
-        return be.matmul(be.rms_norm(h, w.output_norm, p.rms_eps), self.output)
+        h = be.rms_norm(h, w.output_norm, p.rms_eps)
+        return h if embeddings else be.matmul(h, self.output)
 
     def _experts(self, x, L, bias):
         """llama.cpp build_moe_ffn with LLAMA_EXPERT_GATING_FUNC_TYPE_SOFTMAX_WEIGHT and SWIGLU_OAI."""

@@ -410,6 +410,165 @@ def create_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
         account(done)
         return obj(head + done.text, done.finish_reason, usage=usage_of(done), timings=timings_of(done))
 
+    @app.post("/v1/embeddings")
+    @app.post("/embeddings")
+    async def embeddings(request: Request):
+        body = await body_of(request)
+        inp = body.get("input")
+        if isinstance(inp, str) or (isinstance(inp, list) and inp and all(isinstance(t, int) for t in inp)):
+            inputs = [inp]
+        elif isinstance(inp, list) and inp and all(isinstance(t, str) or (isinstance(t, list) and all(
+                isinstance(i, int) for i in t)) for t in inp):
+            inputs = inp
+        else:
+            raise APIError(400, "'input' must be a string, an array of strings, or token ids", code="invalid_type")
+        m = await registry.get(body.get("model"))
+        eng = m.engine
+        ids = [eng.tokenize(x) if isinstance(x, str) else list(x) for x in inputs]
+        for i, t in enumerate(ids):
+            if not t:
+                raise APIError(400, f"input[{i}] is empty", code="invalid_value")
+            check_fits(eng, t, 0)
+        vectors = await run_in_slot(m, lambda e: [e.embed(t) for t in ids])
+        n = sum(len(t) for t in ids)
+        stats["requests"] += 1
+        stats["prompt_tokens"] += n
+        return {"object": "list", "model": m.spec.alias,
+                "data": [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(vectors)],
+                "usage": {"prompt_tokens": n, "total_tokens": n}}
+
+    async def run_in_slot(m, fn):
+        m.waiting += 1
+        try:
+            eng = await m.free.get()
+        finally:
+            m.waiting -= 1
+        m.active += 1
+        try:
+            return await asyncio.to_thread(fn, eng)
+        finally:
+            m.active -= 1
+            m.free.put_nowait(eng)
+
+    @app.post("/v1/responses")
+    @app.post("/responses")
+    async def responses(request: Request):
+        """OpenAI's Responses API (Open Responses): `input` as a string or message items,
+        `instructions`, `reasoning.effort`; output items `reasoning` and `message`."""
+        body = await body_of(request)
+        inp = body.get("input")
+        msgs = []
+        instructions = _field(body, "instructions", str, None)
+        if instructions:
+            msgs.append({"role": "system", "content": instructions})
+        if isinstance(inp, str):
+            msgs.append({"role": "user", "content": inp})
+        elif isinstance(inp, list) and inp:
+            for i, item in enumerate(inp):
+                if not isinstance(item, dict) or item.get("type", "message") != "message" or "role" not in item:
+                    raise APIError(400, f"input[{i}] must be a message item with a role", code="invalid_type")
+                c = item.get("content")
+                if isinstance(c, list):
+                    c = "".join(p.get("text", "") for p in c if isinstance(p, dict))
+                if not isinstance(c, str):
+                    raise APIError(400, f"input[{i}].content must be text or text parts", code="invalid_type")
+                msgs.append({"role": item["role"], "content": c})
+        else:
+            raise APIError(400, "'input' must be a string or a non-empty array of message items", code="invalid_type")
+        kw = sampling_from({k: v for k, v in body.items() if k not in ("max_tokens",)} |
+                           ({"max_tokens": body["max_output_tokens"]} if body.get("max_output_tokens") is not None else {}))
+        extra = {}
+        reasoning = body.get("reasoning")
+        if isinstance(reasoning, dict) and reasoning.get("effort"):
+            extra["reasoning_effort"] = reasoning["effort"]
+        stream = bool(body.get("stream", False))
+        m = await registry.get(body.get("model"))
+        eng = m.engine
+        prompt = eng.apply_template(msgs, template=m.spec.chat_format, **extra)
+        ids = eng.tokenize(prompt, add_bos=not (eng.tokenizer.bos_text and prompt.startswith(eng.tokenizer.bos_text)),
+                           special=True)
+        check_fits(eng, ids, kw["max_tokens"])
+        if kw["max_tokens"] < 0:
+            kw["max_tokens"] = eng.n_ctx - len(ids)
+        job = Job(m, lambda e: e.chat(msgs, template=m.spec.chat_format, stream=True, **extra, **kw))
+        await job.start()
+        rid, created = f"resp_{uuid.uuid4().hex[:24]}", int(time.time())
+        msg_id, rs_id = f"msg_{uuid.uuid4().hex[:24]}", f"rs_{uuid.uuid4().hex[:24]}"
+
+        def response_obj(status, reasoning_text, text, done=None):
+            output = []
+            if reasoning_text:
+                output.append({"type": "reasoning", "id": rs_id, "summary": [],
+                               "content": [{"type": "reasoning_text", "text": reasoning_text}]})
+            output.append({"type": "message", "id": msg_id, "role": "assistant", "status": status,
+                           "content": [{"type": "output_text", "text": text, "annotations": []}]})
+            obj = {"id": rid, "object": "response", "created_at": created, "model": m.spec.alias, "status": status,
+                   "output": output, "parallel_tool_calls": False, "tool_choice": "auto", "tools": [],
+                   "instructions": instructions, "error": None, "incomplete_details": None}
+            if done is not None:
+                u = done.usage
+                obj["usage"] = {"input_tokens": u["prompt_tokens"], "output_tokens": u["completion_tokens"],
+                                "total_tokens": u["total_tokens"], "input_tokens_details": {"cached_tokens": done.timings.cache_n},
+                                "output_tokens_details": {"reasoning_tokens": 0}}
+                if done.finish_reason == "length":
+                    obj["status"] = "incomplete"
+                    obj["incomplete_details"] = {"reason": "max_output_tokens"}
+            return obj
+
+        if stream:
+            async def events():
+                seq = 0
+
+                def ev(kind, **data):
+                    nonlocal seq
+                    seq += 1
+                    return f"event: {kind}\ndata: {json.dumps({'type': kind, 'sequence_number': seq, **data}, ensure_ascii=False)}\n\n"
+
+                yield ev("response.created", response=response_obj("in_progress", "", ""))
+                yield ev("response.in_progress", response=response_obj("in_progress", "", ""))
+                reasoning_text, text, started = "", "", False
+                try:
+                    async for p in job.pieces():
+                        if p.completion is not None:
+                            done = p.completion
+                            account(done)
+                            if reasoning_text:
+                                yield ev("response.reasoning_text.done", item_id=rs_id, output_index=0, content_index=0,
+                                         text=reasoning_text)
+                            yield ev("response.output_text.done", item_id=msg_id, output_index=1 if reasoning_text else 0,
+                                     content_index=0, text=text)
+                            final = response_obj("completed", reasoning_text, text, done)
+                            yield ev("response.output_item.done", output_index=len(final["output"]) - 1,
+                                     item=final["output"][-1])
+                            yield ev("response.completed" if final["status"] == "completed" else "response.incomplete",
+                                     response=final)
+                        elif p.kind == "reasoning" and p.text:
+                            reasoning_text += p.text
+                            yield ev("response.reasoning_text.delta", item_id=rs_id, output_index=0, content_index=0,
+                                     delta=p.text)
+                        elif p.kind == "content" and p.text:
+                            if not started:
+                                started = True
+                                item = {"type": "message", "id": msg_id, "role": "assistant", "status": "in_progress",
+                                        "content": []}
+                                yield ev("response.output_item.added", output_index=1 if reasoning_text else 0, item=item)
+                                yield ev("response.content_part.added", item_id=msg_id,
+                                         output_index=1 if reasoning_text else 0, content_index=0,
+                                         part={"type": "output_text", "text": "", "annotations": []})
+                            text += p.text
+                            yield ev("response.output_text.delta", item_id=msg_id, output_index=1 if reasoning_text else 0,
+                                     content_index=0, delta=p.text)
+                except Exception as e:  # noqa: BLE001
+                    yield ev("error", message=str(e), code="server_error")
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+        done = None
+        async for p in job.pieces():
+            if p.completion is not None:
+                done = p.completion
+        account(done)
+        return response_obj("completed", done.message.get("reasoning_content", ""), done.message.get("content", ""), done)
+
     @app.get("/")
     async def index():
         from fastapi.responses import HTMLResponse
