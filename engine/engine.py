@@ -32,6 +32,7 @@ class Completion:
     timings: Timings
     message: dict | None = None        # chat only: {"role", "content", "reasoning_content"?, "tool_calls"?}
     eog_token: int | None = None       # the end-of-generation token that stopped it, if one did
+    logprobs: list[dict] | None = None # with generate(logprobs=k): one record per generated token
 
     @property
     def usage(self) -> dict:
@@ -49,6 +50,8 @@ class Piece:
     completion: Completion | None = None  # set on the last piece
     kind: str = "content"                 # chat: "content", "reasoning" or "tool_call"
     name: str | None = None               # tool_call pieces: the function's name
+    logprobs: list[dict] | None = None    # with logprobs=k: the records of this piece's tokens
+    index: int = 0                        # which of n choices (server)
 
 
 class Engine:
@@ -150,9 +153,14 @@ class Engine:
                  top_p: float = 0.95, min_p: float = 0.05, typical_p: float = 1.0, repeat_penalty: float = 1.0,
                  presence_penalty: float = 0.0, frequency_penalty: float = 0.0, penalty_last_n: int = 64,
                  seed: int | None = None, stop=None, logit_bias: dict | None = None, stream: bool = False,
-                 add_bos: bool = True, special: bool = False, truncate: bool = False, cache_prompt: bool = True):
+                 add_bos: bool = True, special: bool = False, truncate: bool = False, cache_prompt: bool = True,
+                 logprobs: int | None = None):
         """Complete `prompt` (text or token ids). Returns a `Completion`, or with stream=True an
         iterator of `Piece`s whose last one carries the `Completion`.
+
+        logprobs=k records, for every generated token, its log-probability under the model's
+        distribution (log-softmax of the logits, before sampling) and the k most likely alternatives
+        (`Completion.logprobs`, and on each streamed piece the entries of its tokens).
 
         cache_prompt (llama-server's name, on by default as there) reuses the KV cache of the longest
         prefix this engine evaluated last, in whole prompt batches (`_prepare_cache`), so that reuse
@@ -175,7 +183,7 @@ class Engine:
                                frequency_penalty=frequency_penalty, penalty_last_n=penalty_last_n, seed=seed,
                                logit_bias=logit_bias)
         stops = [stop] if isinstance(stop, str) else list(stop or [])
-        it = self._stream(ids, max_tokens, Sampler(params), stops, cache_prompt)
+        it = self._stream(ids, max_tokens, Sampler(params), stops, cache_prompt, logprobs)
         if stream:
             return it
         for piece in it:
@@ -183,8 +191,8 @@ class Engine:
                 return piece.completion
         raise AssertionError("generation ended without a completion")  # pragma: no cover
 
-    def _stream(self, ids: list[int], max_tokens: int, sampler, stops: list[str], cache_prompt: bool = True
-                ) -> Iterator[Piece]:
+    def _stream(self, ids: list[int], max_tokens: int, sampler, stops: list[str], cache_prompt: bool = True,
+                n_logprobs: int | None = None) -> Iterator[Piece]:
         from .sampler import StopMatcher
 
         todo = self._prepare_cache(ids, reuse=cache_prompt)
@@ -193,8 +201,14 @@ class Engine:
         utf8, matcher = Utf8Stream(), StopMatcher(stops)
         out_tokens, text, finish, eog = [], [], "length", None
 
+        entries: list[dict] = []  # logprobs of the tokens sampled so far
+        sent = 0
+
         def sample(logits):
-            return sampler.sample(logits, history)
+            tok = sampler.sample(logits, history)
+            if n_logprobs is not None:
+                entries.append(self._logprob_entry(logits, tok, n_logprobs))
+            return tok
 
         steps = generate_step(self.model, self.cache, todo, sample, max_tokens) if max_tokens > 0 else iter(())
         self.cached_tokens = list(ids)
@@ -210,12 +224,14 @@ class Engine:
             history.append(tok)
             if self.tokenizer.is_eog(tok):
                 finish, eog = "stop", tok
+                del entries[len(out_tokens):]
                 break
             out_tokens.append(tok)
             piece, stopped = matcher.feed(utf8.push(self.tokenizer.token_to_piece(tok)))
             if piece:
                 text.append(piece)
-                yield Piece(piece, tok)
+                yield Piece(piece, tok, logprobs=entries[sent:len(out_tokens)] if n_logprobs is not None else None)
+                sent = len(out_tokens)
             if stopped:
                 finish = "stop"
                 break
@@ -224,11 +240,27 @@ class Engine:
             rest = tail + matcher.flush()
             if rest:
                 text.append(rest)
-                yield Piece(rest, None)
+                yield Piece(rest, None, logprobs=entries[sent:len(out_tokens)] if n_logprobs is not None else None)
         steps.close() if hasattr(steps, "close") else None
         timings.predicted_n = len(out_tokens)
-        done = Completion("".join(text), out_tokens, finish, len(ids), timings, eog_token=eog)
+        done = Completion("".join(text), out_tokens, finish, len(ids), timings, eog_token=eog,
+                          logprobs=entries[:len(out_tokens)] if n_logprobs is not None else None)
         yield Piece("", None, finish, done)
+
+    def _logprob_entry(self, logits, tok: int, k: int) -> dict:
+        """OpenAI's per-token logprob record: the token, its log-probability, the top k."""
+        x = np.asarray(logits, np.float64).reshape(-1)
+        m = x.max()
+        lse = m + np.log(np.exp(x - m).sum())
+
+        def rec(t):
+            b = self.tokenizer.token_to_piece(int(t), special=True)
+            return {"id": int(t), "token": b.decode("utf-8", errors="replace"), "logprob": float(x[t] - lse),
+                    "bytes": list(b)}
+
+        top = np.argpartition(-x, min(k, len(x) - 1))[:k] if k > 0 else np.array([], np.int64)
+        top = top[np.argsort(-x[top], kind="stable")]
+        return {**rec(tok), "top_logprobs": [rec(t) for t in top]}
 
     # --- chat
     def chat_template(self, name: str | None = None):
@@ -287,7 +319,7 @@ class Engine:
         for piece in pieces:
             if piece.completion is None:
                 for d in parser.feed(piece.text):
-                    yield Piece(d.text, piece.token, kind=d.kind, name=d.name)
+                    yield Piece(d.text, piece.token, kind=d.kind, name=d.name, logprobs=piece.logprobs)
                 continue
             done = piece.completion
             stop = self.tokenizer.detokenize([done.eog_token], special=True) if done.eog_token is not None else ""

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from engine.engine import Engine
+
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -217,3 +219,87 @@ def test_api_key_is_required_when_set(smollm2_path):
         assert s.get("/health")[0] == 200  # health stays open for load balancers
     finally:
         s.stop()
+
+
+def test_chat_page_streams_an_answer_in_a_headless_browser(server):
+    """The page at / in Debian's chromium (Selenium): pick a model, send a message, see the answer
+    stream in and its tokens per second."""
+    import shutil
+
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    chromium, driver_bin = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver_bin):
+        from conftest import REQUIRE_MODELS
+
+        (pytest.fail if REQUIRE_MODELS else pytest.skip)("chromium / chromedriver not installed (.ci/run installs them)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        opts.add_argument(a)
+    from selenium.webdriver.chrome.service import Service
+
+    browser = webdriver.Chrome(service=Service(driver_bin), options=opts)
+    try:
+        browser.get(server.base + "/")
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#model option")) == 2)
+        Select(browser.find_element(By.ID, "model")).select_by_value("smol")
+        browser.find_element(By.ID, "input").send_keys("Name three colors.")
+        browser.find_element(By.ID, "send").click()
+        wait.until(lambda b: "tokens/s" in b.find_element(By.CSS_SELECTOR, ".assistant .speed").text)
+        answer = browser.find_element(By.CSS_SELECTOR, ".assistant .answer").text
+        assert answer.strip() and "<|" not in answer
+        assert browser.find_element(By.CSS_SELECTOR, ".user").text == "Name three colors."
+    finally:
+        browser.quit()
+
+
+def test_n_choices_and_logprobs(server):
+    c = server.client()
+    r = c.chat.completions.create(model="smol", messages=HELLO, max_tokens=6, temperature=0.9, seed=3, n=2,
+                                  logprobs=True, top_logprobs=3)
+    assert [ch.index for ch in r.choices] == [0, 1]
+    assert r.usage.completion_tokens == sum(len(ch.logprobs.content) for ch in r.choices)
+    for ch in r.choices:
+        assert "".join(t.token for t in ch.logprobs.content) == ch.message.content
+        for t in ch.logprobs.content:
+            assert t.logprob <= 0 and len(t.top_logprobs) == 3
+            assert t.top_logprobs[0].logprob >= t.logprob - 1e-6
+    # greedy: the chosen token is the most likely one
+    g = c.chat.completions.create(model="smol", messages=HELLO, max_tokens=4, temperature=0, logprobs=True, top_logprobs=1)
+    assert all(t.token == t.top_logprobs[0].token for t in g.choices[0].logprobs.content)
+    legacy = c.completions.create(model="smol", prompt="The sky is", max_tokens=4, temperature=0, logprobs=2)
+    assert len(legacy.choices[0].logprobs.tokens) == 4
+
+
+def test_embeddings_are_normalised_and_match_the_library(server, smollm2_path):
+    import numpy as np
+
+    r = server.client().embeddings.create(model="smol", input=["The sky is blue.", "Le ciel est bleu."])
+    vecs = [np.array(d.embedding) for d in r.data]
+    assert [d.index for d in r.data] == [0, 1] and r.usage.prompt_tokens > 0
+    assert all(abs(np.linalg.norm(v) - 1) < 1e-4 for v in vecs)
+    want = Engine.load(smollm2_path, n_ctx=512, n_threads=2).embed("The sky is blue.")
+    assert float(vecs[0] @ want) > 0.9999
+
+
+def test_responses_plain_and_streamed(server):
+    c = server.client()
+    r = c.responses.create(model="smol", input="Name three colors.", instructions="Be brief.",
+                           max_output_tokens=12, temperature=0)
+    assert r.output_text and r.output[-1].type == "message" and r.usage.output_tokens == 12
+    events = list(c.responses.create(model="smol", input=[{"role": "user", "content": "Name three colors."}],
+                                     instructions="Be brief.", max_output_tokens=12, temperature=0, stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[0] == "response.created" and kinds[-1] in ("response.completed", "response.incomplete")
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == r.output_text
+
+
+def test_responses_carry_reasoning_items_for_gpt_oss(server):
+    r = server.client().responses.create(model="oss", input="hi", max_output_tokens=16, temperature=0,
+                                         reasoning={"effort": "low"})
+    assert r.output[-1].type == "message"
+    assert all("<|channel|>" not in (p.text or "") for p in r.output[-1].content)

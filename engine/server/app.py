@@ -279,12 +279,33 @@ def create_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
             raise APIError(400, f"prompt of {len(ids)} tokens + max_tokens {max_tokens} exceeds the context of "
                                 f"{engine.n_ctx} tokens", code="context_length_exceeded")
 
+    def runs(n: int, kw: dict, run):
+        """The iterator of n generations one after the other in the slot (seed, seed+1, ...), each
+        piece tagged with its choice index."""
+        def gen(engine):
+            for i in range(n):
+                kwi = dict(kw, seed=None if kw.get("seed") is None else kw["seed"] + i)
+                for p in run(engine, kwi):
+                    p.index = i
+                    yield p
+        return gen
+
+    def n_of(body) -> int:
+        return int(_field(body, "n", int, 1, low=1, high=16))
+
+    def chat_logprobs(entries):
+        strip = lambda r: {k: v for k, v in r.items() if k != "id"}  # noqa: E731
+        return {"content": [dict(strip(e), top_logprobs=[strip(t) for t in e["top_logprobs"]]) for e in entries]}
+
     @app.post("/v1/chat/completions")
     @app.post("/chat/completions")
     async def chat_completions(request: Request):
         body = await body_of(request)
         msgs = check_messages(body)
         kw = sampling_from(body)
+        n = n_of(body)
+        if bool(_field(body, "logprobs", bool, False)):
+            kw["logprobs"] = int(_field(body, "top_logprobs", int, 0, low=0, high=20))
         stream = bool(body.get("stream", False))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage", False))
         tools = body.get("tools")
@@ -293,8 +314,8 @@ def create_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
             if not isinstance(tools, list):
                 raise APIError(400, "'tools' must be an array", code="invalid_type")
             extra["tools"] = tools
-        effort = body.get("reasoning_effort") or (body.get("reasoning") or {}).get("effort") \
-            if isinstance(body.get("reasoning", {}), dict) else None
+        reasoning = body.get("reasoning")
+        effort = body.get("reasoning_effort") or (reasoning.get("effort") if isinstance(reasoning, dict) else None)
         if effort is not None:
             extra["reasoning_effort"] = effort
         m = await registry.get(body.get("model"))
@@ -305,59 +326,87 @@ def create_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
         check_fits(eng, ids, kw["max_tokens"])
         if kw["max_tokens"] < 0:
             kw["max_tokens"] = eng.n_ctx - len(ids)
-        job = Job(m, lambda e: e.chat(msgs, template=m.spec.chat_format, stream=True, **extra, **kw))
+        job = Job(m, runs(n, kw, lambda e, k: e.chat(msgs, template=m.spec.chat_format, stream=True, **extra, **k)))
         await job.start()
         cid, created, model_name = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), m.spec.alias
 
-        def chunk(delta: dict, finish=None, **more) -> str:
+        def chunk(i: int, delta: dict, finish=None, logprobs=None, **more) -> str:
             obj = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_name,
-                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **more}
+                   "choices": [{"index": i, "delta": delta, "finish_reason": finish, "logprobs": logprobs}], **more}
             return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
         if stream:
             async def events():
-                yield chunk({"role": "assistant", "content": ""})
-                n_calls = 0
+                n_calls, usage, begun = {}, {"prompt_tokens": 0, "completion_tokens": 0}, set()
                 try:
                     async for p in job.pieces():
+                        i = p.index
+                        if i not in begun:
+                            begun.add(i)
+                            yield chunk(i, {"role": "assistant", "content": ""})
+                        lp = chat_logprobs(p.logprobs) if p.logprobs else None
                         if p.completion is not None:
                             done = p.completion
                             account(done)
-                            yield chunk({}, done.finish_reason, timings=timings_of(done))
-                            if include_usage:
-                                obj = {"id": cid, "object": "chat.completion.chunk", "created": created,
-                                       "model": model_name, "choices": [], "usage": usage_of(done)}
-                                yield f"data: {json.dumps(obj)}\n\n"
+                            usage["prompt_tokens"] = done.prompt_tokens
+                            usage["completion_tokens"] += len(done.tokens)
+                            yield chunk(i, {}, done.finish_reason, timings=timings_of(done))
                         elif p.kind == "reasoning" and p.text:
-                            yield chunk({"reasoning_content": p.text})
+                            yield chunk(i, {"reasoning_content": p.text}, logprobs=lp)
                         elif p.kind == "tool_call":
+                            k = n_calls.get(i, 0)
                             if p.text == "" and p.name:
-                                yield chunk({"tool_calls": [{"index": n_calls, "id": f"call_{n_calls}", "type": "function",
-                                                             "function": {"name": p.name, "arguments": ""}}]})
-                                n_calls += 1
+                                yield chunk(i, {"tool_calls": [{"index": k, "id": f"call_{k}", "type": "function",
+                                                                "function": {"name": p.name, "arguments": ""}}]})
+                                n_calls[i] = k + 1
                             elif p.text:
-                                yield chunk({"tool_calls": [{"index": n_calls - 1, "function": {"arguments": p.text}}]})
+                                yield chunk(i, {"tool_calls": [{"index": k - 1, "function": {"arguments": p.text}}]})
                         elif p.text:
-                            yield chunk({"content": p.text})
+                            yield chunk(i, {"content": p.text}, logprobs=lp)
+                    if include_usage:
+                        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+                        obj = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_name,
+                               "choices": [], "usage": usage}
+                        yield f"data: {json.dumps(obj)}\n\n"
                 except Exception as e:  # noqa: BLE001 - the stream ends with an error event
                     yield f"data: {json.dumps({'error': {'message': str(e), 'type': 'server_error'}})}\n\n"
                 yield "data: [DONE]\n\n"
 
             return StreamingResponse(events(), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        done = None
+        dones = {}
         async for p in job.pieces():
             if p.completion is not None:
-                done = p.completion
-        account(done)
-        msg = {"role": "assistant", "content": done.message.get("content", done.text)}
-        if done.message.get("reasoning_content"):
-            msg["reasoning_content"] = done.message["reasoning_content"]
-        if done.message.get("tool_calls"):
-            msg["tool_calls"] = done.message["tool_calls"]
-        return {"id": cid, "object": "chat.completion", "created": created, "model": model_name,
-                "choices": [{"index": 0, "message": msg, "finish_reason": done.finish_reason, "logprobs": None}],
-                "usage": usage_of(done), "timings": timings_of(done)}
+                dones[p.index] = p.completion
+                account(p.completion)
+        choices = []
+        for i in range(n):
+            done = dones[i]
+            msg = {"role": "assistant", "content": done.message.get("content", done.text)}
+            if done.message.get("reasoning_content"):
+                msg["reasoning_content"] = done.message["reasoning_content"]
+            if done.message.get("tool_calls"):
+                msg["tool_calls"] = done.message["tool_calls"]
+            choices.append({"index": i, "message": msg, "finish_reason": done.finish_reason,
+                            "logprobs": chat_logprobs(done.logprobs) if done.logprobs is not None else None})
+        return {"id": cid, "object": "chat.completion", "created": created, "model": model_name, "choices": choices,
+                "usage": total_usage(dones.values()), "timings": timings_of(dones[0])}
+
+    def total_usage(dones) -> dict:
+        dones = list(dones)
+        c = sum(len(d.tokens) for d in dones)
+        p = dones[0].prompt_tokens
+        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+    def legacy_logprobs(entries, offset: int) -> dict:
+        out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for e in entries:
+            out["tokens"].append(e["token"])
+            out["token_logprobs"].append(e["logprob"])
+            out["top_logprobs"].append({t["token"]: t["logprob"] for t in e["top_logprobs"]})
+            out["text_offset"].append(offset)
+            offset += len(e["token"])
+        return out
 
     @app.post("/v1/completions")
     @app.post("/completions")
@@ -372,43 +421,54 @@ def create_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
         kw = sampling_from(body)
         if body.get("max_tokens") is None:
             kw["max_tokens"] = 16  # OpenAI's default for completions
+        n_lp = _field(body, "logprobs", int, None, low=0, high=20)
+        if n_lp is not None:
+            kw["logprobs"] = n_lp
+        n = n_of(body)
         echo = bool(body.get("echo", False))
         stream = bool(body.get("stream", False))
         m = await registry.get(body.get("model"))
         eng = m.engine
         ids = eng.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
         check_fits(eng, ids, kw["max_tokens"])
-        job = Job(m, lambda e: e.generate(ids, stream=True, **kw))
+        job = Job(m, runs(n, kw, lambda e, k: e.generate(ids, stream=True, **k)))
         await job.start()
         cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         head = eng.detokenize(ids) if echo else ""
 
-        def obj(text, finish=None, **more):
+        def obj(i, text, finish=None, logprobs=None, **more):
             return {"id": cid, "object": "text_completion", "created": created, "model": m.spec.alias,
-                    "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}], **more}
+                    "choices": [{"index": i, "text": text, "finish_reason": finish, "logprobs": logprobs}], **more}
 
         if stream:
             async def events():
-                if head:
-                    yield f"data: {json.dumps(obj(head))}\n\n"
+                begun = set()
                 try:
                     async for p in job.pieces():
+                        if head and p.index not in begun:
+                            begun.add(p.index)
+                            yield f"data: {json.dumps(obj(p.index, head), ensure_ascii=False)}\n\n"
                         if p.completion is not None:
                             account(p.completion)
-                            yield f"data: {json.dumps(obj('', p.completion.finish_reason, usage=usage_of(p.completion)))}\n\n"
+                            yield f"data: {json.dumps(obj(p.index, '', p.completion.finish_reason, usage=p.completion.usage))}\n\n"
                         elif p.text:
-                            yield f"data: {json.dumps(obj(p.text), ensure_ascii=False)}\n\n"
+                            lp = legacy_logprobs(p.logprobs, 0) if p.logprobs else None
+                            yield f"data: {json.dumps(obj(p.index, p.text, logprobs=lp), ensure_ascii=False)}\n\n"
                 except Exception as e:  # noqa: BLE001
                     yield f"data: {json.dumps({'error': {'message': str(e), 'type': 'server_error'}})}\n\n"
                 yield "data: [DONE]\n\n"
 
             return StreamingResponse(events(), media_type="text/event-stream")
-        done = None
+        dones = {}
         async for p in job.pieces():
             if p.completion is not None:
-                done = p.completion
-        account(done)
-        return obj(head + done.text, done.finish_reason, usage=usage_of(done), timings=timings_of(done))
+                dones[p.index] = p.completion
+                account(p.completion)
+        choices = [{"index": i, "text": head + dones[i].text, "finish_reason": dones[i].finish_reason,
+                    "logprobs": legacy_logprobs(dones[i].logprobs, len(head)) if dones[i].logprobs is not None else None}
+                   for i in range(n)]
+        return {"id": cid, "object": "text_completion", "created": created, "model": m.spec.alias, "choices": choices,
+                "usage": total_usage(dones.values()), "timings": timings_of(dones[0])}
 
     @app.post("/v1/embeddings")
     @app.post("/embeddings")
