@@ -303,3 +303,40 @@ def test_responses_carry_reasoning_items_for_gpt_oss(server):
                                          reasoning={"effort": "low"})
     assert r.output[-1].type == "message"
     assert all("<|channel|>" not in (p.text or "") for p in r.output[-1].content)
+
+
+def test_health_says_loading_until_the_model_is_in(smollm2_path):
+    from fastapi.testclient import TestClient
+
+    from engine.server.app import create_app
+    from engine.server.registry import ModelRegistry, ModelSpec
+
+    reg = ModelRegistry([ModelSpec(str(smollm2_path), "smol", n_ctx=256)])
+    reg.loading.add("smol")  # what warm() sets while the load runs in its thread
+    client = TestClient(create_app(reg))
+    r = client.get("/health")
+    assert r.status_code == 503 and r.json() == {"status": "loading model"}
+    reg.loading.clear()
+    assert client.get("/v1/models").json()["data"][0]["id"] == "smol"
+    r = client.post("/v1/chat/completions", json={"model": "smol", "messages": HELLO, "max_tokens": 2, "temperature": 0})
+    assert r.status_code == 200 and client.get("/health").json() == {"status": "ok"}
+
+
+def test_least_recently_used_model_is_unloaded_over_the_memory_budget(smollm2_path, tiny_gpt_oss_path):
+    import asyncio
+
+    from engine.server.registry import ModelRegistry, ModelSpec
+
+    budget = max(Path(smollm2_path).stat().st_size, Path(tiny_gpt_oss_path).stat().st_size) + 1
+    reg = ModelRegistry([ModelSpec(str(smollm2_path), "smol", n_ctx=128), ModelSpec(str(tiny_gpt_oss_path), "oss", n_ctx=128)],
+                        memory_budget=budget)
+
+    async def go():
+        await reg.get("smol")
+        assert set(reg.loaded) == {"smol"}
+        await reg.get("oss")  # both would exceed the budget: the idle, older one goes
+        assert set(reg.loaded) == {"oss"}
+        await reg.get("smol")
+        assert set(reg.loaded) == {"smol"}
+
+    asyncio.run(go())
