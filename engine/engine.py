@@ -8,12 +8,12 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 
-from .generate import Timings, Utf8Stream, generate_step, prefill
+from .generate import Timings, Utf8Stream, generate_step
 from .gguf_file import GGUF
 
 DEFAULT_CTX = 4096  # llama.cpp's default context size (llama-cli / llama-server)

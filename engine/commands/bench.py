@@ -105,8 +105,8 @@ def bench_llama_cpp_isolated(path, n_vocab: int, threads: int, args) -> dict:
     import multiprocessing
     import os
 
-    # and without our OMP_WAIT_POLICY=PASSIVE (kernels/numba_cpu/products.py): ggml's OpenMP threads
-    # would then sleep between its many small ops (tg 28 tokens/s instead of 130)
+    # and without OMP_WAIT_POLICY=PASSIVE should the user have set it for us: ggml's OpenMP threads would
+    # then sleep between its many small ops (tg 28 tokens/s instead of 130)
     saved = os.environ.pop("OMP_WAIT_POLICY", None)
     try:
         ctx = multiprocessing.get_context("spawn")
