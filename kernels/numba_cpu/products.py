@@ -16,9 +16,11 @@ each type two parallel drivers are compiled lazily, on first use, and cached on 
 No BLAS in the batched path: one thread pool (numba's) does all the work. With OpenBLAS' own
 threads next to numba's, `x @ tile.T` ran 10-50x slower on the 2-vCPU test machine.
 
-Threads: a product runs on all `n_threads` only above PARALLEL_MIN_WORK multiply-adds; waking the
-pool costs 5-100 us on a small virtual machine (measured here: ~85 us, break-even near 2M),
-a few us on bare metal (where a lower threshold would pay).
+Threads: a product runs on all `n_threads` above PARALLEL_MIN_WORK multiply-adds. With GNU OpenMP's
+default wait policy the workers are still spinning when the next of a token's ~200 products starts,
+so waking them is cheap and even SmolLM2's 192x576 products gain from a second thread: SmolLM2 Q4_1
+decode measured 31 t/s with a 2M threshold, 41 at 512K, 45 at 32K, no better below. (Under
+OMP_WAIT_POLICY=PASSIVE a wake-up cost ~85 us on this VM and 2M was the break-even.)
 
 `matmul`, `matmul_experts` and `get_rows` below are the backend operations, with exactly the
 semantics of kernels.reference.NumpyBackend.
@@ -75,7 +77,7 @@ ROW_KERNELS: dict[GGMLType, tuple] = {
 
 DIRECT_MAX = 1                  # groups of up to this many tokens dot straight from the blocks
 TILE_BYTES = 512 << 10          # float32 bytes of a work item's dequantized tile (bigger groups)
-PARALLEL_MIN_WORK = 2 << 20     # below this many multiply-adds (weights x tokens), run on one thread
+PARALLEL_MIN_WORK = 1 << 15     # below this many multiply-adds (weights x tokens), run on one thread
 
 
 def _kernel_hash() -> str:
