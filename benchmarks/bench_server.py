@@ -94,6 +94,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("--parallel", type=int, default=2, help="our server's slots")
+    ap.add_argument("--no-reference", action="store_true", help="skip llama-cpp-python's server")
     args = ap.parse_args(argv)
 
     servers = {
@@ -103,6 +104,8 @@ def main(argv=None) -> int:
                                     "--n_ctx", "2048", "--n_threads", str(args.threads), "--n_threads_batch",
                                     str(args.threads)],
     }
+    if args.no_reference:
+        servers = dict(list(servers.items())[:1])
     print(f"{Path(args.model).name}, {args.requests} requests of up to {args.max_tokens} tokens, {args.threads} threads\n")
     print("| server | clients | requests/s | tokens/s | p50 latency s | p95 latency s |")
     print("|---|---|---|---|---|---|")
