@@ -1,7 +1,7 @@
 """Decode speed of a gpt-oss-20b-shaped model (24 layers, 32 MXFP4 experts, top-4, random weights),
 beside llama.cpp on the same file in the same run.
 
-    python benchmarks/bench_gpt_oss.py [--out models/gpt-oss-20b-shaped.gguf] [-n 16] [-r 2] [-t 2]
+    python benchmarks/bench_gpt_oss.py [--out models/gpt-oss-20b-shaped.gguf] [-n 16] [-r 3] [-t 2]
 
 The file (~12 GB, written once by tools/make_tiny_gguf.py --shape 20b and reused) has gpt-oss-20b's
 real dimensions with a small vocabulary; per token a decode step reads the attention weights and 4 of
@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=fetch_test_models.DEFAULT_DIR / "gpt-oss-20b-shaped.gguf")
     ap.add_argument("-p", type=int, default=16)
     ap.add_argument("-n", type=int, default=16)
-    ap.add_argument("-r", type=int, default=2)
+    ap.add_argument("-r", type=int, default=3)
     ap.add_argument("-t", type=int, default=2)
     args = ap.parse_args(argv)
     if not args.out.exists():
