@@ -280,11 +280,9 @@ class Engine:
         """gpt-oss's harmony format: channels and messages marked by special tokens."""
         return all(self.tokenizer.token_to_id(t) is not None for t in ("<|channel|>", "<|message|>", "<|start|>"))
 
-    def chat(self, messages, template: str | None = None, stream: bool = False, tools: list | None = None,
-             reasoning_effort: str | None = None, template_kwargs: dict | None = None, **kw):
-        """Generate the assistant's reply to `messages`; the result's `.message` is the reply
-        (`content`, and for models that separate them `reasoning_content` and `tool_calls`).
-        With stream=True, an iterator of `Piece`s whose `kind` says what each one is.
+    def chat_prompt(self, messages, template: str | None = None, tools: list | None = None,
+                    reasoning_effort: str | None = None, template_kwargs: dict | None = None) -> list[int]:
+        """The token ids of `messages` rendered by the chat template, ready for `chat_ids`.
         `tools` (OpenAI function specs) and `reasoning_effort` (low/medium/high) go to the template."""
         extra = dict(template_kwargs or {})
         if tools is not None:
@@ -295,7 +293,18 @@ class Engine:
         # the rendered template already holds BOS where the template wants it (llama.cpp tokenizes chat
         # prompts with add_special only if the template does not start with BOS)
         bos = self.tokenizer.bos_text
-        ids = self.tokenize(prompt, add_bos=not (bos and prompt.startswith(bos)), special=True)
+        return self.tokenize(prompt, add_bos=not (bos and prompt.startswith(bos)), special=True)
+
+    def chat(self, messages, template: str | None = None, stream: bool = False, tools: list | None = None,
+             reasoning_effort: str | None = None, template_kwargs: dict | None = None, **kw):
+        """Generate the assistant's reply to `messages`; the result's `.message` is the reply
+        (`content`, and for models that separate them `reasoning_content` and `tool_calls`).
+        With stream=True, an iterator of `Piece`s whose `kind` says what each one is."""
+        ids = self.chat_prompt(messages, template, tools, reasoning_effort, template_kwargs)
+        return self.chat_ids(ids, stream=stream, **kw)
+
+    def chat_ids(self, ids: list[int], stream: bool = False, **kw):
+        """`chat` for a prompt already rendered and tokenized by `chat_prompt`."""
         pieces = self.generate(ids, stream=True, **kw)
         it = self._harmony_pieces(pieces) if self.is_harmony else self._plain_pieces(pieces)
         if stream:

@@ -69,6 +69,31 @@ def _q(w: np.ndarray, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
     return gguf.quants.quantize(w.astype(np.float32), qtype)
 
 
+def _random_weights(rng: np.random.Generator):
+    """rand(*dims, scale=1/sqrt(fan_in)) -> float32 normal weights."""
+    def rand(*dims, scale=None):
+        scale = scale if scale is not None else 1.0 / np.sqrt(dims[-1])
+        return (rng.standard_normal(dims) * scale).astype(np.float32)
+    return rand
+
+
+def _tensor_adder(w: gguf.GGUFWriter):
+    """add(name, float array, qtype=F32): the tensor, quantized to qtype by gguf's reference quantizer."""
+    F32 = gguf.GGMLQuantizationType.F32
+
+    def add(name, arr, qtype=F32):
+        data = arr if qtype == F32 else _q(arr, qtype)
+        w.add_tensor(name, data, raw_shape=arr.shape if qtype == F32 else data.shape, raw_dtype=qtype)
+    return add
+
+
+def _finish(w: gguf.GGUFWriter):
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 def write_llama_moe(path: Path, seed: int = 0, shape: MoEShape = MoEShape(),
                     expert_type=gguf.GGMLQuantizationType.Q8_0, attn_type=gguf.GGMLQuantizationType.Q8_0) -> Path:
     rng = np.random.default_rng(seed)
@@ -77,9 +102,7 @@ def write_llama_moe(path: Path, seed: int = 0, shape: MoEShape = MoEShape(),
     n_vocab = len(tokens)
     hd = s.n_embd // s.n_head
 
-    def rand(*dims, scale=None):
-        scale = scale if scale is not None else 1.0 / np.sqrt(dims[-1])
-        return (rng.standard_normal(dims) * scale).astype(np.float32)
+    rand = _random_weights(rng)
 
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_name("tiny-llama-moe")
@@ -105,10 +128,7 @@ def write_llama_moe(path: Path, seed: int = 0, shape: MoEShape = MoEShape(),
     w.add_eos_token_id(n_vocab - 1)
     w.add_add_bos_token(True)
 
-    def add(name, arr, qtype=gguf.GGMLQuantizationType.F32):
-        data = arr if qtype == gguf.GGMLQuantizationType.F32 else _q(arr, qtype)
-        w.add_tensor(name, data, raw_shape=arr.shape if qtype == gguf.GGMLQuantizationType.F32 else data.shape,
-                     raw_dtype=qtype)
+    add = _tensor_adder(w)
 
     add("token_embd.weight", rand(n_vocab, s.n_embd, scale=1.0), gguf.GGMLQuantizationType.Q8_0)
     add("output_norm.weight", 1.0 + rand(s.n_embd, scale=0.1))
@@ -125,10 +145,7 @@ def write_llama_moe(path: Path, seed: int = 0, shape: MoEShape = MoEShape(),
         add(p + "ffn_gate_exps.weight", rand(s.n_expert, s.n_ff, s.n_embd), expert_type)
         add(p + "ffn_up_exps.weight", rand(s.n_expert, s.n_ff, s.n_embd), expert_type)
         add(p + "ffn_down_exps.weight", rand(s.n_expert, s.n_embd, s.n_ff), expert_type)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    _finish(w)
     return path
 
 
@@ -195,9 +212,7 @@ def write_gpt_oss(path: Path, seed: int = 0, shape: GptOssShape | str = "tiny", 
     hd = s.head_dim
     template = chat_template if chat_template is not None else default_gpt_oss_template()
 
-    def rand(*dims, scale=None):
-        scale = scale if scale is not None else 1.0 / np.sqrt(dims[-1])
-        return (rng.standard_normal(dims) * scale).astype(np.float32)
+    rand = _random_weights(rng)
 
     w = gguf.GGUFWriter(str(path), "gpt-oss")
     w.add_name("tiny-gpt-oss")
@@ -232,9 +247,7 @@ def write_gpt_oss(path: Path, seed: int = 0, shape: GptOssShape | str = "tiny", 
     w.add_add_bos_token(False)
     w.add_chat_template(template)
 
-    def add(name, arr, qtype=F32):
-        data = arr if qtype == F32 else _q(arr, qtype)
-        w.add_tensor(name, data, raw_shape=arr.shape if qtype == F32 else data.shape, raw_dtype=qtype)
+    add = _tensor_adder(w)
 
     big = s.n_expert * s.n_ff * s.n_embd > 1 << 26
 
@@ -270,10 +283,7 @@ def write_gpt_oss(path: Path, seed: int = 0, shape: GptOssShape | str = "tiny", 
         add(p + "ffn_up_exps.bias", rand(s.n_expert, s.n_ff, scale=0.1))
         add_experts(p + "ffn_down_exps.weight", s.n_embd, s.n_ff)
         add(p + "ffn_down_exps.bias", rand(s.n_expert, s.n_embd, scale=0.1))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    _finish(w)
     return path
 
 

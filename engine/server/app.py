@@ -254,7 +254,7 @@ def create_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
         body = await body_of(request)
         msgs = check_messages(body)
         m = await registry.get(body.get("model"))
-        return {"prompt": m.engine.apply_template(msgs, template=m.spec.chat_format)}
+        return {"prompt": m.engine.apply_template(msgs, template=m.spec.chat_format)}  # text, not ids
 
     # --- generation
 
@@ -297,6 +297,15 @@ def create_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
         strip = lambda r: {k: v for k, v in r.items() if k != "id"}  # noqa: E731
         return {"content": [dict(strip(e), top_logprobs=[strip(t) for t in e["top_logprobs"]]) for e in entries]}
 
+    def chat_ids(m, msgs, extra, kw) -> list[int]:
+        """The chat prompt's ids (rendered once: generation takes them as they are), checked against the
+        context; max_tokens -1 becomes "the rest of the context"."""
+        ids = m.engine.chat_prompt(msgs, template=m.spec.chat_format, template_kwargs=extra)
+        check_fits(m.engine, ids, kw["max_tokens"])
+        if kw["max_tokens"] < 0:
+            kw["max_tokens"] = m.engine.n_ctx - len(ids)
+        return ids
+
     @app.post("/v1/chat/completions")
     @app.post("/chat/completions")
     async def chat_completions(request: Request):
@@ -319,14 +328,8 @@ def create_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
         if effort is not None:
             extra["reasoning_effort"] = effort
         m = await registry.get(body.get("model"))
-        eng = m.engine
-        prompt = eng.apply_template(msgs, template=m.spec.chat_format, **extra)
-        ids = eng.tokenize(prompt, add_bos=not (eng.tokenizer.bos_text and prompt.startswith(eng.tokenizer.bos_text)),
-                           special=True)
-        check_fits(eng, ids, kw["max_tokens"])
-        if kw["max_tokens"] < 0:
-            kw["max_tokens"] = eng.n_ctx - len(ids)
-        job = Job(m, runs(n, kw, lambda e, k: e.chat(msgs, template=m.spec.chat_format, stream=True, **extra, **k)))
+        ids = chat_ids(m, msgs, extra, kw)
+        job = Job(m, runs(n, kw, lambda e, k: e.chat_ids(ids, stream=True, **k)))
         await job.start()
         cid, created, model_name = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), m.spec.alias
 
@@ -543,14 +546,8 @@ def create_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
             extra["reasoning_effort"] = reasoning["effort"]
         stream = bool(body.get("stream", False))
         m = await registry.get(body.get("model"))
-        eng = m.engine
-        prompt = eng.apply_template(msgs, template=m.spec.chat_format, **extra)
-        ids = eng.tokenize(prompt, add_bos=not (eng.tokenizer.bos_text and prompt.startswith(eng.tokenizer.bos_text)),
-                           special=True)
-        check_fits(eng, ids, kw["max_tokens"])
-        if kw["max_tokens"] < 0:
-            kw["max_tokens"] = eng.n_ctx - len(ids)
-        job = Job(m, lambda e: e.chat(msgs, template=m.spec.chat_format, stream=True, **extra, **kw))
+        ids = chat_ids(m, msgs, extra, kw)
+        job = Job(m, lambda e: e.chat_ids(ids, stream=True, **kw))
         await job.start()
         rid, created = f"resp_{uuid.uuid4().hex[:24]}", int(time.time())
         msg_id, rs_id = f"msg_{uuid.uuid4().hex[:24]}", f"rs_{uuid.uuid4().hex[:24]}"

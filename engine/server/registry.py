@@ -69,6 +69,7 @@ class ModelRegistry:
         self.loaded: dict[str, LoadedModel] = {}
         self.loading: set[str] = set()
         self.memory_budget = memory_budget
+        self.load_error: Exception | None = None  # a start-up load that failed (reported by /health)
         self._locks: dict[str, asyncio.Lock] = {}
 
     def names(self) -> list[str]:
@@ -94,14 +95,18 @@ class ModelRegistry:
                     engines = await asyncio.to_thread(self._load, spec)
                 finally:
                     self.loading.discard(spec.alias)
-                free: asyncio.Queue = asyncio.Queue()
-                for e in engines:
-                    free.put_nowait(e)
-                self.loaded[spec.alias] = LoadedModel(spec, engines, free)
+                self._install(spec, engines)
                 self._evict(keep=spec.alias)
         m = self.loaded[spec.alias]
         m.last_used = time.monotonic()
         return m
+
+    def _install(self, spec: ModelSpec, engines: list):
+        """Make loaded engines the model's slots (on the event loop)."""
+        free: asyncio.Queue = asyncio.Queue()
+        for e in engines:
+            free.put_nowait(e)
+        self.loaded[spec.alias] = LoadedModel(spec, engines, free)
 
     @staticmethod
     def _load(spec: ModelSpec) -> list:
@@ -141,14 +146,9 @@ class ModelRegistry:
                 return
 
             def install():
-                free: asyncio.Queue = asyncio.Queue()
-                for e in engines:
-                    free.put_nowait(e)
-                self.loaded[spec.alias] = LoadedModel(spec, engines, free)
+                self._install(spec, engines)
                 self.loading.discard(spec.alias)
 
             loop.call_soon_threadsafe(install)
 
         threading.Thread(target=run, args=(asyncio.get_running_loop(),), daemon=True).start()
-
-    load_error: Exception | None = None

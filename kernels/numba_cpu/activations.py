@@ -17,9 +17,9 @@ from quant.activations import BF16, F16, NONE, Q8_K, round_bf16, vec_dot_type
 _JIT = dict(nogil=True, cache=True, fastmath=False)
 
 
-@numba.njit(**_JIT)
-def _to_f16(v):
-    """float32 -> nearest f16 (ties to even) -> float32, for v >= 0 (block scales are)."""
+@numba.njit(inline="always", **_JIT)
+def to_f16(v):
+    """float32 -> nearest f16 (ties to even) -> float32, for v >= 0 (block scales, probabilities)."""
     if v == 0.0 or not math.isfinite(v):
         return np.float32(v)
     if v > 65504.0:
@@ -40,7 +40,7 @@ def _round_q8_0(x2, out):
                 a = abs(x2[r, j])
                 if a > amax:
                     amax = a
-            d = _to_f16(np.float32(amax / np.float32(127.0)))
+            d = to_f16(np.float32(amax / np.float32(127.0)))
             inv = np.float32(127.0) / amax if amax != 0 else np.float32(0.0)
             for j in range(b, b + 32):
                 out[r, j] = d * np.float32(np.rint(x2[r, j] * inv))

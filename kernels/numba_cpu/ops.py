@@ -23,6 +23,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..base import RopeParams
+from .activations import to_f16
 from .rows_common import as_f32
 from ..ops_numpy import (
     GELU_F16_TABLE,
@@ -263,15 +264,6 @@ def _act_ser(kind, x, g, y):
 # --- attention
 
 
-@njit(inline="always", **_JIT)
-def _f16_round_pos(v):
-    """v >= 0 rounded to the nearest f16 (ties to even), as float32."""
-    if v >= np.float32(6.103515625e-05):
-        mant, e = math.frexp(np.float64(v))
-        return np.float32(math.ldexp(np.rint(math.ldexp(mant, 11)), e - 11))
-    return np.float32(np.rint(np.float64(v) * 16777216.0) / 16777216.0)
-
-
 @njit(**_JIT_FAST)
 def _attn_chunk(q, k, v, t, g, group, j0, j1, qp, kv_pos, scale, window, m, l, acc, sinks, has_sinks, p16):
     """The `group` query heads of kv head g (token t) against kv rows [j0, j1): per head the max m
@@ -343,7 +335,7 @@ def _attn_chunk(q, k, v, t, g, group, j0, j1, qp, kv_pos, scale, window, m, l, a
                 tot += np.float64(np.exp(sk - mx))
             inv = np.float32(1.0 / tot)
             for p in range(nv):
-                s[r, p] = _f16_round_pos(s[r, p] * inv)
+                s[r, p] = to_f16(s[r, p] * inv)
             continue
         tot = 0.0
         for p in range(nv):
