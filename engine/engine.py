@@ -18,6 +18,11 @@ from .gguf_file import GGUF
 
 DEFAULT_CTX = 4096  # llama.cpp's default context size (llama-cli / llama-server)
 
+# llama.cpp's samplers beyond generate()'s named arguments, by their request field names
+SAMPLING_EXTRAS = ("min_keep", "top_n_sigma", "xtc_probability", "xtc_threshold", "dynatemp_range",
+                   "dynatemp_exponent", "dry_multiplier", "dry_base", "dry_allowed_length", "dry_penalty_last_n",
+                   "dry_sequence_breakers", "mirostat", "mirostat_tau", "mirostat_eta", "samplers")
+
 
 class ContextLengthError(ValueError):
     """The prompt (plus the tokens asked for) does not fit in the context."""
@@ -52,6 +57,7 @@ class Piece:
     name: str | None = None               # tool_call pieces: the function's name
     logprobs: list[dict] | None = None    # with logprobs=k: the records of this piece's tokens
     index: int = 0                        # which of n choices (server)
+    call_id: str | None = None            # tool_call pieces that open a call: its id
 
 
 class Engine:
@@ -154,9 +160,19 @@ class Engine:
                  presence_penalty: float = 0.0, frequency_penalty: float = 0.0, penalty_last_n: int = 64,
                  seed: int | None = None, stop=None, logit_bias: dict | None = None, stream: bool = False,
                  add_bos: bool = True, special: bool = False, truncate: bool = False, cache_prompt: bool = True,
-                 logprobs: int | None = None):
+                 logprobs: int | None = None, grammar=None, json_schema=None, response_format=None,
+                 render_special=None, **sampling):
         """Complete `prompt` (text or token ids). Returns a `Completion`, or with stream=True an
         iterator of `Piece`s whose last one carries the `Completion`.
+
+        Structured output: `response_format` (OpenAI's {"type": "json_object"} or {"type":
+        "json_schema", "json_schema": {"schema": ...}}), `json_schema` (a schema) or `grammar` (llama.cpp
+        GBNF, or an already compiled `engine.constrain.CompiledGrammar`) constrain every sampled
+        token; a schema or grammar that does not compile raises `engine.constrain.ConstraintError`.
+
+        `**sampling` takes llama.cpp's other samplers by their API names (`SAMPLING_EXTRAS`: DRY,
+        XTC, top-n-sigma, mirostat, dynamic temperature, min_keep, samplers). `render_special`: ids
+        of control tokens whose text goes into the output (tool-call markers).
 
         logprobs=k records, for every generated token, its log-probability under the model's
         distribution (log-softmax of the logits, before sampling) and the k most likely alternatives
@@ -178,12 +194,19 @@ class Engine:
                     f"prompt of {len(ids)} tokens + max_tokens {max_tokens} exceeds the context of {self.n_ctx} tokens")
         if not ids:
             raise ValueError("empty prompt: nothing to condition on (the model adds no BOS)")
+        unknown = sorted(set(sampling) - set(SAMPLING_EXTRAS))
+        if unknown:
+            raise TypeError(f"generate() got unknown sampling argument(s) {unknown}; known: {', '.join(SAMPLING_EXTRAS)}")
+        sampling = {k: v for k, v in sampling.items() if v is not None}
         params = SamplerParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
                                repeat_penalty=repeat_penalty, presence_penalty=presence_penalty,
                                frequency_penalty=frequency_penalty, penalty_last_n=penalty_last_n, seed=seed,
-                               logit_bias=logit_bias)
+                               logit_bias=logit_bias, **sampling)
         stops = [stop] if isinstance(stop, str) else list(stop or [])
-        it = self._stream(ids, max_tokens, Sampler(params), stops, cache_prompt, logprobs)
+        sampler = Sampler(params, constraint=self._constraint(grammar, json_schema, response_format),
+                          n_ctx_train=self.n_ctx,  # DRY window -1: the context (llama-server)
+                          dry_breakers=self._dry_breakers(params.dry_sequence_breakers) if params.dry_multiplier else None)
+        it = self._stream(ids, max_tokens, sampler, stops, cache_prompt, logprobs, frozenset(render_special or ()))
         if stream:
             return it
         for piece in it:
@@ -191,8 +214,28 @@ class Engine:
                 return piece.completion
         raise AssertionError("generation ended without a completion")  # pragma: no cover
 
+    def _constraint(self, grammar, json_schema, response_format):
+        from .constrain import CompiledGrammar, compile_grammar
+
+        if isinstance(grammar, CompiledGrammar):
+            return grammar.constraint()
+        compiled = compile_grammar(self.tokenizer, grammar=grammar, json_schema=json_schema,
+                                   response_format=response_format)
+        return compiled.constraint() if compiled is not None else None
+
+    def _dry_breakers(self, breakers) -> dict:
+        """DRY's sequence breakers in token form (llama_sampler_init_dry), computed once per breaker set."""
+        from .sampler import dry_breakers_from_vocab
+
+        cache = self.__dict__.setdefault("_dry_cache", {})
+        key = tuple(breakers)
+        if key not in cache:
+            pieces = [self.tokenizer.token_to_piece(i, special=True) for i in range(self.tokenizer.n_vocab)]
+            cache[key] = dry_breakers_from_vocab(breakers, pieces, lambda s: self.tokenize(s, add_bos=False))
+        return cache[key]
+
     def _stream(self, ids: list[int], max_tokens: int, sampler, stops: list[str], cache_prompt: bool = True,
-                n_logprobs: int | None = None) -> Iterator[Piece]:
+                n_logprobs: int | None = None, render_special: frozenset = frozenset()) -> Iterator[Piece]:
         from .sampler import StopMatcher
 
         todo = self._prepare_cache(ids, reuse=cache_prompt)
@@ -227,7 +270,7 @@ class Engine:
                 del entries[len(out_tokens):]
                 break
             out_tokens.append(tok)
-            piece, stopped = matcher.feed(utf8.push(self.tokenizer.token_to_piece(tok)))
+            piece, stopped = matcher.feed(utf8.push(self.tokenizer.token_to_piece(tok, special=tok in render_special)))
             if piece:
                 text.append(piece)
                 yield Piece(piece, tok, logprobs=entries[sent:len(out_tokens)] if n_logprobs is not None else None)
@@ -280,33 +323,56 @@ class Engine:
         """gpt-oss's harmony format: channels and messages marked by special tokens."""
         return all(self.tokenizer.token_to_id(t) is not None for t in ("<|channel|>", "<|message|>", "<|start|>"))
 
+    def chat_plan(self, messages, template: str | None = None, tools: list | None = None,
+                  reasoning_effort: str | None = None, template_kwargs: dict | None = None, **structured):
+        """The request made ready (engine/chat.py): prompt ids, tool-call format and constraint.
+        `structured`: tool_choice, parallel_tool_calls, response_format, grammar, json_schema.
+        Raises ConstraintError (a ValueError) for tools, a schema or a grammar that cannot be used."""
+        from .chat import plan_chat
+
+        return plan_chat(self, messages, template=template, tools=tools, reasoning_effort=reasoning_effort,
+                         template_kwargs=template_kwargs, **structured)
+
     def chat_prompt(self, messages, template: str | None = None, tools: list | None = None,
                     reasoning_effort: str | None = None, template_kwargs: dict | None = None) -> list[int]:
-        """The token ids of `messages` rendered by the chat template, ready for `chat_ids`.
+        """The token ids of `messages` rendered by the chat template (BOS as the template writes it).
         `tools` (OpenAI function specs) and `reasoning_effort` (low/medium/high) go to the template."""
-        extra = dict(template_kwargs or {})
-        if tools is not None:
-            extra["tools"] = tools
-        if reasoning_effort is not None:
-            extra["reasoning_effort"] = reasoning_effort
-        prompt = self.apply_template(messages, template=template, **extra)
-        # the rendered template already holds BOS where the template wants it (llama.cpp tokenizes chat
-        # prompts with add_special only if the template does not start with BOS)
-        bos = self.tokenizer.bos_text
-        return self.tokenize(prompt, add_bos=not (bos and prompt.startswith(bos)), special=True)
+        return self.chat_plan(messages, template, tools, reasoning_effort, template_kwargs).ids
 
     def chat(self, messages, template: str | None = None, stream: bool = False, tools: list | None = None,
-             reasoning_effort: str | None = None, template_kwargs: dict | None = None, **kw):
+             reasoning_effort: str | None = None, template_kwargs: dict | None = None, tool_choice=None,
+             parallel_tool_calls: bool | None = None, response_format=None, grammar=None, json_schema=None, **kw):
         """Generate the assistant's reply to `messages`; the result's `.message` is the reply
         (`content`, and for models that separate them `reasoning_content` and `tool_calls`).
-        With stream=True, an iterator of `Piece`s whose `kind` says what each one is."""
-        ids = self.chat_prompt(messages, template, tools, reasoning_effort, template_kwargs)
-        return self.chat_ids(ids, stream=stream, **kw)
+        With stream=True, an iterator of `Piece`s whose `kind` says what each one is.
 
-    def chat_ids(self, ids: list[int], stream: bool = False, **kw):
-        """`chat` for a prompt already rendered and tokenized by `chat_prompt`."""
+        `tools` go to the model's template and its output is parsed for calls in its family's syntax
+        (engine/tool_calls.py); `tool_choice` "required" or {"type": "function", "function": {"name"}}
+        forces a call whose arguments match the tool's schema. `response_format` / `json_schema` /
+        `grammar` constrain the reply as in `generate`."""
+        plan = self.chat_plan(messages, template, tools, reasoning_effort, template_kwargs, tool_choice=tool_choice,
+                              parallel_tool_calls=parallel_tool_calls, response_format=response_format,
+                              grammar=grammar, json_schema=json_schema)
+        return self.chat_ids(plan.ids, stream=stream, plan=plan, **kw)
+
+    def chat_ids(self, ids: list[int], stream: bool = False, plan=None, **kw):
+        """`chat` for a prompt already rendered and tokenized (`chat_plan(...).ids`); `plan` brings its
+        tool-call format and constraint."""
+        fmt = None
+        if plan is not None:
+            fmt = plan.tool_format
+            if plan.grammar is not None:
+                kw["grammar"] = plan.grammar
+            kw["render_special"] = plan.special_ids
         pieces = self.generate(ids, stream=True, **kw)
-        it = self._harmony_pieces(pieces) if self.is_harmony else self._plain_pieces(pieces)
+        if self.is_harmony:
+            it = self._harmony_pieces(pieces)
+        elif fmt is not None:
+            from .chat import tool_pieces
+
+            it = tool_pieces(pieces, fmt)
+        else:
+            it = self._plain_pieces(pieces)
         if stream:
             return it
         for piece in it:

@@ -310,18 +310,20 @@ def _apply_temp_ext(c: _Candidates, temp: float, delta: float, exponent: float) 
 
 
 def _apply_top_n_sigma(c: _Candidates, n: float) -> None:
+    """Masks (-inf) every logit below max - n * std of the finite logits; no sort, no softmax
+    (llama.cpp's current version), sums in float as there."""
     if n <= 0.0 or len(c) <= 1:
         return
     finite = c.logits[c.logits != -np.inf]
     if len(finite):
-        mx = max(float(c.logits[0]), float(finite.max()))
-        mean = float(finite.astype(np.float64).mean())
-        std = float(np.sqrt(((finite.astype(np.float64) - mean) ** 2).mean()))
+        mx = max(c.logits[0], finite.max())
+        mean = np.float32(_seq_sum_f32(finite) / np.float32(len(finite)))
+        d = (finite - mean).astype(np.float64)
+        std = np.float32(math.sqrt(float(np.cumsum((d * d).astype(np.float32), dtype=np.float32)[-1]) / len(finite)))
     else:
-        mx, std = float(c.logits[0]), 0.0
-    thr = np.float32(mx - np.float32(n) * np.float32(std))
+        mx, std = c.logits[0], np.float32(0.0)
+    thr = np.float32(mx - np.float32(n) * std)
     c.logits = np.where(c.logits < thr, np.float32(-np.inf), c.logits).astype(np.float32)
-    _softmax(c, do_sort=True)
 
 
 def _apply_xtc(c: _Candidates, rng: _MT19937, probability: float, threshold: float, min_keep: int) -> None:
@@ -341,6 +343,7 @@ def _apply_xtc(c: _Candidates, rng: _MT19937, probability: float, threshold: flo
 def _apply_dist(c: _Candidates, rng: _MT19937) -> int:
     """llama_sampler_dist_apply: softmax, one uniform double, first cumulative sum >= target."""
     if len(c) == 1:
+        rng.uniform_double()  # llama.cpp draws once anyway (keeps the RNG aligned with backend sampling)
         c.p = np.ones(1, dtype=np.float32)
         return 0
     max_l = c.logits[0] if c.sorted else c.logits.max()
@@ -502,12 +505,16 @@ class Sampler:
 
     DRY needs the vocabulary to turn its sequence breakers into tokens: pass `vocab` (piece texts)
     and `tokenize`, or `dry_breakers` already in token form ({head token: [tail token lists]}).
+
+    `constraint` (engine.constrain.Constraint: a JSON schema or grammar) masks the logits before
+    every other sampler, once per step, and follows the tokens given to `accept`.
     """
 
     def __init__(self, params: SamplerParams | None = None, *, vocab: Sequence[str | bytes] | None = None,
                  tokenize: Callable[[str], list[int]] | None = None, n_ctx_train: int | None = None,
-                 dry_breakers: dict[int, list[list[int]]] | None = None):
+                 dry_breakers: dict[int, list[list[int]]] | None = None, constraint=None):
         self.params = p = params or SamplerParams()
+        self.constraint = constraint
         self.seed = _resolve_seed(p.seed)                   # what llama-server reports as "seed"
         self._rng = _MT19937(self.seed)                      # dist / mirostat
         random_seed = p.seed is None or p.seed == -1 or (p.seed & 0xFFFFFFFF) == LLAMA_DEFAULT_SEED
@@ -523,16 +530,18 @@ class Sampler:
         if dry_breakers is None and p.dry_multiplier != 0.0 and vocab is not None and tokenize is not None:
             dry_breakers = dry_breakers_from_vocab(p.dry_sequence_breakers, vocab, tokenize)
         self._dry = _Dry(p, n_ctx_train, dry_breakers or {})
-        self._mu = 2.0 * p.mirostat_tau
+        self._mu = np.float32(2.0 * p.mirostat_tau)
         self._prev: list[int] = []
         self._keep = max(64, p.penalty_last_n, p.dry_penalty_last_n)
         self.candidates: tuple[np.ndarray, np.ndarray] | None = None  # (ids, probs) after the last sample
 
     def reset(self) -> None:
         self._prev.clear()
-        self._mu = 2.0 * self.params.mirostat_tau
+        self._mu = np.float32(2.0 * self.params.mirostat_tau)
 
     def accept(self, token: int) -> None:
+        if self.constraint is not None:
+            self.constraint.accept(token)
         self._prev.append(int(token))
         if self.params.penalty_last_n >= 0 and self.params.dry_penalty_last_n >= 0 and len(self._prev) > 2 * self._keep:
             del self._prev[: len(self._prev) - self._keep]
@@ -542,6 +551,8 @@ class Sampler:
         hist = self._prev if history is None else history
         logits = np.asarray(logits, dtype=np.float32).reshape(-1)
         c = _Candidates(np.arange(len(logits), dtype=np.int64), logits.copy())
+        if self.constraint is not None:
+            self.constraint.mask(c.logits)
         if p.logit_bias:
             _apply_logit_bias(c, p.logit_bias)
         if p.mirostat == 0:
@@ -579,32 +590,33 @@ class Sampler:
             _apply_temp_ext(c, p.temperature, p.dynatemp_range, p.dynatemp_exponent)
 
     def _mirostat(self, c: _Candidates, n_vocab: int) -> int:
+        """llama_sampler_mirostat(_v2)_apply, in float as there (logf/powf/log2f)."""
         p = self.params
-        tau, eta = p.mirostat_tau, p.mirostat_eta
+        f = np.float32
+        tau, eta = f(p.mirostat_tau), f(p.mirostat_eta)
         _softmax(c, do_sort=True)
-        if p.mirostat == 1:
-            m = 100
-            sum_ti_bi = sum_ti_sq = 0.0
-            for i in range(min(m - 1, len(c) - 1)):
-                t_i = math.log((i + 2) / (i + 1))
-                b_i = math.log(float(c.p[i]) / float(c.p[i + 1]))
-                sum_ti_bi += t_i * b_i
-                sum_ti_sq += t_i * t_i
-            s_hat = sum_ti_bi / sum_ti_sq
-            eps = s_hat - 1
-            try:
-                k = math.pow((eps * 2.0 ** self._mu) / (1 - n_vocab ** (-eps)), 1 / s_hat)
-            except (ValueError, OverflowError, ZeroDivisionError):
-                k = math.nan  # powf gives NaN/inf here; keep every candidate
-            _apply_top_k(c, max(int(k), 1) if math.isfinite(k) else len(c))
-        else:
-            with np.errstate(divide="ignore"):
-                surprise = -np.log2(c.p)
-            over = np.nonzero(surprise > self._mu)[0]
-            c.take(slice(0, max(int(over[0]) if len(over) else len(c), 1)))
-        _softmax(c, do_sort=True)
-        idx = _sample_discrete(c, self._rng)
-        self._mu -= eta * (-math.log2(float(c.p[idx])) - tau)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            if p.mirostat == 1:
+                n = min(100 - 1, len(c) - 1)
+                i = np.arange(n, dtype=np.float32)
+                t = np.log((i + f(2)) / (i + f(1)), dtype=np.float32)
+                b = np.log(c.p[:n] / c.p[1:n + 1], dtype=np.float32)
+                sum_ti_bi = _seq_sum_f32((t * b).astype(np.float32))
+                sum_ti_sq = _seq_sum_f32((t * t).astype(np.float32))
+                s_hat = f(sum_ti_bi / sum_ti_sq)
+                eps = f(s_hat - f(1))
+                k = np.power(f(eps * np.power(f(2), self._mu)) / f(f(1) - np.power(f(n_vocab), -eps)), f(f(1) / s_hat))
+                # int(k) of a NaN, an inf or a float past INT_MAX is INT_MIN on x86 (cvttss2si), so
+                # llama.cpp's std::max(int(k), 1) keeps one candidate there
+                _apply_top_k(c, max(int(k), 1) if np.isfinite(k) and abs(k) < 2.0 ** 31 else 1)
+            else:
+                surprise = -np.log2(c.p, dtype=np.float32)
+                over = np.nonzero(surprise > self._mu)[0]
+                c.take(slice(0, max(int(over[0]) if len(over) else len(c), 1)))
+            _softmax(c, do_sort=True)
+            idx = _sample_discrete(c, self._rng)
+            e = f(-np.log2(c.p[idx], dtype=np.float32) - tau)
+            self._mu = f(self._mu - f(eta * e))
         return idx
 
 

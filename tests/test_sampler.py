@@ -156,7 +156,7 @@ def test_top_n_sigma_masks_below_max_minus_n_std():
     _apply_top_n_sigma(c, 1.0)
     finite = c.ids[np.isfinite(c.logits)].tolist()
     assert finite == [0, 1] and len(c) == 5  # masked to -inf, not removed
-    assert c.p[:2].sum() == pytest.approx(1.0)
+    assert c.p is None and not c.sorted  # no softmax, no sort: llama.cpp's current top-n-sigma
     c = cands([4, 3, 0])
     _apply_top_n_sigma(c, -1.0)
     assert np.isfinite(c.logits).all()

@@ -30,13 +30,18 @@ def add_sampling_args(p: argparse.ArgumentParser):
     p.add_argument("--presence-penalty", type=float, default=0.0)
     p.add_argument("--frequency-penalty", type=float, default=0.0)
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    from .structured import add_sampler_args
+
+    add_sampler_args(p)
 
 
 def sampling_kwargs(args) -> dict:
+    from .structured import sampler_kwargs
+
     return dict(max_tokens=args.n_predict, temperature=args.temp, seed=args.seed, top_k=args.top_k,
                 top_p=args.top_p, min_p=args.min_p, typical_p=args.typical, repeat_penalty=args.repeat_penalty,
                 penalty_last_n=args.repeat_last_n, presence_penalty=args.presence_penalty,
-                frequency_penalty=args.frequency_penalty, stop=args.stop)
+                frequency_penalty=args.frequency_penalty, stop=args.stop, **sampler_kwargs(args))
 
 
 def load_engine(args):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 
 from .common import add_model_args, add_sampling_args, load_engine, sampling_kwargs
+from .structured import add_grammar_args, grammar_kwargs
 
 HELP = "chat with a model: one answer to PROMPT, or an interactive chat"
 
@@ -16,6 +17,7 @@ def add_arguments(p):
     add_model_args(p)
     p.add_argument("prompt", nargs="*", help="the prompt (omit for an interactive chat)")
     add_sampling_args(p)
+    add_grammar_args(p)
     p.add_argument("--chat-template", default=None, help="named template instead of the model's (e.g. chatml, gemma)")
     p.add_argument("--system", default=None, help="a system message")
     p.add_argument("--hide-reasoning", action="store_true",
@@ -31,7 +33,7 @@ def _answer(eng, messages, args) -> str:
     """Stream one reply: reasoning dimmed (or hidden), the answer plainly; returns the answer."""
     tty = sys.stdout.isatty()
     parts, kind = [], "content"
-    kw = sampling_kwargs(args)
+    kw = sampling_kwargs(args) | grammar_kwargs(args)
     if args.reasoning_effort:
         kw["reasoning_effort"] = args.reasoning_effort
     for piece in eng.chat(messages, template=args.chat_template, stream=True, **kw):
@@ -81,6 +83,6 @@ def main(args) -> int:
                 continue
             messages.append({"role": "user", "content": line})
             messages.append({"role": "assistant", "content": _answer(eng, messages, args)})
-    except ContextLengthError as e:
+    except (ContextLengthError, ValueError) as e:  # ConstraintError: a schema or grammar that does not compile
         print(f"error: {e}", file=sys.stderr)
         return 1

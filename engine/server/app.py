@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 from .registry import ModelRegistry, UnknownModel
+from .structured import extra_sampling, structured_fields, tool_fields
 
 
 class APIError(Exception):
@@ -65,8 +66,17 @@ def sampling_from(body: dict) -> dict:
         presence_penalty=float(_field(body, "presence_penalty", num, 0.0, low=-2, high=2)),
         frequency_penalty=float(_field(body, "frequency_penalty", num, 0.0, low=-2, high=2)),
         repeat_penalty=float(_field(body, "repeat_penalty", num, 1.0, low=0)),
-        seed=seed, stop=stop,
+        seed=seed, stop=stop, **extra_sampling(body, _field),
     )
+
+
+async def checked(fn, *args, **kw):
+    """Run a request's preparation (templates, schema and grammar compilation) off the event loop;
+    what it rejects (ConstraintError, a template error: ValueErrors) is the client's 400."""
+    try:
+        return await asyncio.to_thread(fn, *args, **kw)
+    except ValueError as e:
+        raise APIError(400, str(e), code="invalid_request") from None
 
 
 def check_messages(body: dict) -> list[dict]:
@@ -297,14 +307,15 @@ def create_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
         strip = lambda r: {k: v for k, v in r.items() if k != "id"}  # noqa: E731
         return {"content": [dict(strip(e), top_logprobs=[strip(t) for t in e["top_logprobs"]]) for e in entries]}
 
-    def chat_ids(m, msgs, extra, kw) -> list[int]:
-        """The chat prompt's ids (rendered once: generation takes them as they are), checked against the
-        context; max_tokens -1 becomes "the rest of the context"."""
-        ids = m.engine.chat_prompt(msgs, template=m.spec.chat_format, template_kwargs=extra)
-        check_fits(m.engine, ids, kw["max_tokens"])
+    async def chat_plan(m, msgs, extra, kw, structured):
+        """The chat prompt (rendered once: generation takes its ids as they are), its tool-call format
+        and constraint, checked against the context; max_tokens -1 becomes "the rest of the context"."""
+        plan = await checked(m.engine.chat_plan, msgs, template=m.spec.chat_format, template_kwargs=extra,
+                             **structured)
+        check_fits(m.engine, plan.ids, kw["max_tokens"])
         if kw["max_tokens"] < 0:
-            kw["max_tokens"] = m.engine.n_ctx - len(ids)
-        return ids
+            kw["max_tokens"] = m.engine.n_ctx - len(plan.ids)
+        return plan
 
     @app.post("/v1/chat/completions")
     @app.post("/chat/completions")
@@ -315,21 +326,22 @@ def create_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
         n = n_of(body)
         if bool(_field(body, "logprobs", bool, False)):
             kw["logprobs"] = int(_field(body, "top_logprobs", int, 0, low=0, high=20))
+        elif _field(body, "n_probs", int, 0, low=0, high=20):  # llama-server's name
+            kw["logprobs"] = int(body["n_probs"])
         stream = bool(body.get("stream", False))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage", False))
         tools = body.get("tools")
+        if tools is not None and not isinstance(tools, list):
+            raise APIError(400, "'tools' must be an array", code="invalid_type")
+        structured = {**structured_fields(body), **tool_fields(body)}
         extra = {}
-        if tools is not None:
-            if not isinstance(tools, list):
-                raise APIError(400, "'tools' must be an array", code="invalid_type")
-            extra["tools"] = tools
         reasoning = body.get("reasoning")
         effort = body.get("reasoning_effort") or (reasoning.get("effort") if isinstance(reasoning, dict) else None)
         if effort is not None:
             extra["reasoning_effort"] = effort
         m = await registry.get(body.get("model"))
-        ids = chat_ids(m, msgs, extra, kw)
-        job = Job(m, runs(n, kw, lambda e, k: e.chat_ids(ids, stream=True, **k)))
+        plan = await chat_plan(m, msgs, extra, kw, structured)
+        job = Job(m, runs(n, kw, lambda e, k: e.chat_ids(plan.ids, stream=True, plan=plan, **k)))
         await job.start()
         cid, created, model_name = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), m.spec.alias
 
@@ -359,7 +371,7 @@ def create_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
                         elif p.kind == "tool_call":
                             k = n_calls.get(i, 0)
                             if p.text == "" and p.name:
-                                yield chunk(i, {"tool_calls": [{"index": k, "id": f"call_{k}", "type": "function",
+                                yield chunk(i, {"tool_calls": [{"index": k, "id": p.call_id or f"call_{k}", "type": "function",
                                                                 "function": {"name": p.name, "arguments": ""}}]})
                                 n_calls[i] = k + 1
                             elif p.text:
@@ -425,6 +437,8 @@ def create_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
         if body.get("max_tokens") is None:
             kw["max_tokens"] = 16  # OpenAI's default for completions
         n_lp = _field(body, "logprobs", int, None, low=0, high=20)
+        if n_lp is None:
+            n_lp = _field(body, "n_probs", int, None, low=0, high=20)  # llama-server's name
         if n_lp is not None:
             kw["logprobs"] = n_lp
         n = n_of(body)
@@ -434,6 +448,11 @@ def create_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
         eng = m.engine
         ids = eng.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
         check_fits(eng, ids, kw["max_tokens"])
+        structured = structured_fields(body)
+        if structured:
+            from engine.constrain import compile_grammar
+
+            kw["grammar"] = await checked(compile_grammar, eng.tokenizer, **structured)
         job = Job(m, runs(n, kw, lambda e, k: e.generate(ids, stream=True, **k)))
         await job.start()
         cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
@@ -546,8 +565,8 @@ def create_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
             extra["reasoning_effort"] = reasoning["effort"]
         stream = bool(body.get("stream", False))
         m = await registry.get(body.get("model"))
-        ids = chat_ids(m, msgs, extra, kw)
-        job = Job(m, lambda e: e.chat_ids(ids, stream=True, **kw))
+        plan = await chat_plan(m, msgs, extra, kw, structured_fields(body, responses=True))
+        job = Job(m, lambda e: e.chat_ids(plan.ids, stream=True, plan=plan, **kw))
         await job.start()
         rid, created = f"resp_{uuid.uuid4().hex[:24]}", int(time.time())
         msg_id, rs_id = f"msg_{uuid.uuid4().hex[:24]}", f"rs_{uuid.uuid4().hex[:24]}"
