@@ -107,8 +107,9 @@ class Engine:
 
     def embed(self, text_or_ids, pooling: str = "mean", normalize: bool = True) -> np.ndarray:
         """One vector for the input: the output-normed hidden states (llama.cpp's embeddings of a
-        generative model) pooled over the tokens ("mean", "last" or "cls"/first), L2-normalised as
-        llama-server returns them. Evaluated from an empty context, like `logits`."""
+        generative model) pooled over the tokens ("mean", "last" or "cls"/first; "none" keeps one
+        vector per token), L2-normalised as llama-server returns them. Evaluated from an empty
+        context, like `logits`."""
         ids = self.tokenize(text_or_ids) if isinstance(text_or_ids, str) else list(text_or_ids)
         if not ids:
             raise ValueError("nothing to embed: the input has no tokens")
@@ -120,13 +121,14 @@ class Engine:
         h = np.concatenate([self.backend.to_numpy(self.model.forward(ids[i:i + DEFAULT_BATCH], cache, last_only=False,
                                                                      embeddings=True))
                             for i in range(0, len(ids), DEFAULT_BATCH)])
-        poolers = {"mean": lambda a: a.mean(0), "last": lambda a: a[-1], "cls": lambda a: a[0]}
+        poolers = {"mean": lambda a: a.mean(0), "last": lambda a: a[-1], "cls": lambda a: a[0],
+                   "none": lambda a: a}  # "none": one vector per token, (n_tokens, n_embd)
         if pooling not in poolers:
             raise ValueError(f"unknown pooling {pooling!r}; known: {', '.join(poolers)}")
         v = poolers[pooling](h.astype(np.float64))
         if normalize:
-            n = np.linalg.norm(v)
-            v = v / n if n > 0 else v
+            n = np.linalg.norm(v, axis=-1, keepdims=True)
+            v = np.divide(v, n, out=v.copy(), where=n > 0)
         return v.astype(np.float32)
 
     def _prepare_cache(self, prompt: list[int], reuse: bool = True) -> list[int]:
