@@ -17,6 +17,12 @@ COMMANDS = {
     "bench": "engine.commands.bench",
     "inspect": "engine.commands.inspect",
     "serve": "engine.commands.serve",
+    "pull": "engine.commands.pull",
+    "list": "engine.commands.list_models",
+    "ls": "engine.commands.list_models",
+    "show": "engine.commands.show",
+    "rm": "engine.commands.rm",
+    "perplexity": "engine.commands.perplexity",
 }
 
 

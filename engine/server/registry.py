@@ -23,6 +23,8 @@ class ModelSpec:
     parallel: int = 1
     n_threads: int | None = None
     chat_format: str | None = None      # a named template instead of the model's own
+    pull: str = "missing"               # `path` may be a ref (hf://, ollama://, ...): pulled on first load
+    file: str | None = None             # the GGUF that `path` resolved to, once loaded
 
     @classmethod
     def from_config(cls, entry: dict, defaults: dict) -> "ModelSpec":
@@ -34,7 +36,7 @@ class ModelSpec:
                    n_ctx=int(entry.get("n_ctx", defaults.get("n_ctx", 4096))),
                    parallel=int(entry.get("parallel", defaults.get("parallel", 1))),
                    n_threads=entry.get("n_threads", defaults.get("n_threads")),
-                   chat_format=entry.get("chat_format"))
+                   chat_format=entry.get("chat_format"), pull=str(entry.get("pull", defaults.get("pull", "missing"))))
 
 
 class UnknownModel(KeyError):
@@ -112,7 +114,10 @@ class ModelRegistry:
     def _load(spec: ModelSpec) -> list:
         from engine.engine import Engine
 
-        first = Engine.load(spec.path, n_ctx=spec.n_ctx, n_threads=spec.n_threads or os.cpu_count())
+        from engine.store import resolve_model
+
+        spec.file = str(resolve_model(spec.path, pull=spec.pull))
+        first = Engine.load(spec.file, n_ctx=spec.n_ctx, n_threads=spec.n_threads or os.cpu_count())
         engines = [first]
         for _ in range(spec.parallel - 1):  # same weights (memory map, page cache), own KV cache
             engines.append(type(first)(first.gguf, first.model, first.backend, first.tokenizer, first.n_ctx))
@@ -130,7 +135,7 @@ class ModelRegistry:
             del self.loaded[victim.spec.alias]
 
     def _resident(self) -> int:
-        return sum(Path(m.spec.path).stat().st_size for m in self.loaded.values())
+        return sum(Path(m.spec.file or m.spec.path).stat().st_size for m in self.loaded.values())
 
     def warm(self, name: str | None = None):
         """Load a model now, in a background thread of its own (the server's start-up load)."""
