@@ -311,20 +311,23 @@ class Llama:
         eng = self._engine
         eng.cache.truncate(self.n_tokens)
         tokens = [int(t) for t in tokens]
-        for i in range(0, len(tokens), self.n_batch):
-            batch = tokens[i:i + self.n_batch]
-            out = eng.backend.to_numpy(eng.model.forward(batch, eng.cache, last_only=not self._logits_all))
-            n_past = self.n_tokens
-            self.input_ids[n_past:n_past + len(batch)] = batch
-            if self._logits_all:
-                self.scores[n_past:n_past + len(batch)] = out
-            else:
-                self.scores[min(n_past + len(batch), len(self.scores)) - 1] = out[-1]
-            self.n_tokens += len(batch)
-        # the engine's prefix reuse must know what its cache now holds; these positions were not
-        # computed in the engine's own aligned batches, so none of them is offered for reuse
-        eng.cached_tokens = self._input_ids.tolist()
-        eng._aligned = 0
+        try:
+            for i in range(0, len(tokens), self.n_batch):
+                batch = tokens[i:i + self.n_batch]
+                out = eng.backend.to_numpy(eng.model.forward(batch, eng.cache, last_only=not self._logits_all))
+                n_past = self.n_tokens
+                self.input_ids[n_past:n_past + len(batch)] = batch
+                if self._logits_all:
+                    self.scores[n_past:n_past + len(batch)] = out
+                else:
+                    self.scores[min(n_past + len(batch), len(self.scores)) - 1] = out[-1]
+                self.n_tokens += len(batch)
+        finally:
+            # the engine's prefix reuse must know what its cache now holds (also when a batch did not
+            # fit); these positions were not computed in the engine's own aligned batches, so none of
+            # them is offered for reuse
+            eng.cached_tokens = self._input_ids.tolist()
+            eng._aligned = 0
 
     def _last_logits(self) -> np.ndarray:
         return self.scores[min(self.n_tokens, len(self.scores)) - 1]
@@ -350,6 +353,8 @@ class Llama:
             penalty_last_n=self.last_n_tokens_size, seed=self._seed, mirostat=mirostat_mode,
             mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta))
         tokens = [int(t) for t in tokens]
+        if not tokens and (reset or self.n_tokens == 0):
+            raise ValueError("Llama.generate needs at least one token to start from")
         if reset:
             keep = self.longest_token_prefix(self._input_ids.tolist(), tokens)
             keep = min(keep, len(tokens) - 1)  # evaluate at least one token, for its logits

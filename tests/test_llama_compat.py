@@ -238,6 +238,12 @@ def test_echo_max_tokens_and_context_limits(llm):
     assert r["usage"]["total_tokens"] <= llm.n_ctx()
     with pytest.raises(ValueError, match="exceed context window"):
         llm(llm.tokenize(b"word " * 300), max_tokens=1)
+    # eval past the context fails cleanly, and the engine's cache bookkeeping stays right
+    want = llm("The sky is", max_tokens=4, temperature=0)["choices"][0]["text"]
+    llm.reset()
+    with pytest.raises(ValueError, match="context is full"):
+        llm.eval(llm.tokenize(b"word " * 300))
+    assert llm("The sky is", max_tokens=4, temperature=0)["choices"][0]["text"] == want
 
 
 def test_pooled_embeddings_and_normalize(smollm2_path):
