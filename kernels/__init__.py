@@ -13,6 +13,9 @@ from .base import Backend, KernelError, RopeParams
 BACKENDS: dict[str, str] = {
     "numpy": "kernels.reference:NumpyBackend",
     "cpu": "kernels.numba_cpu:NumbaBackend",
+    "cuda": "kernels.gpu:CudaBackend",
+    "rocm": "kernels.gpu:RocmBackend",
+    "opencl": "kernels.gpu:OpenCLBackend",
 }
 ALIASES = {"reference": "numpy", "numba": "cpu"}
 AUTO_ORDER = ("cpu", "numpy")

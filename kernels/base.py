@@ -1,8 +1,8 @@
 """The backend protocol: the few operations a model's forward pass needs.
 
 A model never imports a backend; it calls these methods on whatever backend the engine picked.
-Arrays are backend arrays (NumPy for the CPU backends, CuPy/OpenCL buffers for GPU ones);
-`to_numpy` brings one back. Shapes follow ggml's conventions, written NumPy-style:
+Arrays are backend arrays (NumPy for the CPU backends, `kernels.gpu.array.DArray` on the devices,
+which supports `+`, `*`, `/ scalar`, `reshape` and row slices as kernels); `to_numpy` brings one back. Shapes follow ggml's conventions, written NumPy-style:
 
     x:       (n_tok, n_in)  float32 activations (a 1-D (n_in,) vector is accepted for decode)
     weight:  QTensor (n_out, n_in) in GGML block layout, as `upload` returned it
@@ -47,10 +47,20 @@ class Backend(Protocol):
     def asarray(self, x: np.ndarray) -> Any: ...
     def to_numpy(self, x) -> np.ndarray: ...
 
-    # --- products with quantized weights (y = x @ W.T)
-    def matmul(self, x, w) -> Any: ...                      # (n_tok, n_in) x (n_out, n_in) -> (n_tok, n_out)
-    def matmul_experts(self, x, w, ids) -> Any: ...         # (n_tok, n_in|n_used*n_in) -> (n_tok, n_used, n_out)
+    def ints(self, x, slot: str | None = None) -> Any: ...  # int32 inputs (token ids, positions); see kernels/gpu/graphs.py
+
+    # --- products with quantized weights (y = x @ W.T [+ bias])
+    def matmul(self, x, w, bias=None) -> Any: ...           # (n_tok, n_in) x (n_out, n_in) -> (n_tok, n_out)
+    def matmul_experts(self, x, w, ids, bias=None) -> Any: ...  # (n_tok, n_in|n_used*n_in) -> (n_tok, n_used, n_out)
     def get_rows(self, w, ids) -> Any: ...                  # embedding lookup -> (len(ids), n_in) f32
+
+    # --- KV cache: rows are positions; the device backends write in place from device positions
+    def new_kv(self, n_ctx: int, n_head_kv: int, head_dim: int) -> Any: ...
+    def kv_store(self, cache, x, pos) -> Any: ...           # returns what attention may read
+
+    # --- mixture of experts, routed where the activations live (ids never visit the host on a GPU)
+    def moe_route(self, logits, n_used: int, gating: str = "softmax", norm: bool = True) -> tuple: ...
+    def moe_combine(self, d, weights) -> Any: ...           # (n_tok, n_used, n) x (n_tok, n_used) -> (n_tok, n)
 
     # --- elementwise and attention
     def rms_norm(self, x, weight, eps: float) -> Any: ...   # weight None: plain normalisation
@@ -58,8 +68,12 @@ class Backend(Protocol):
     def softmax(self, x) -> Any: ...                        # over the last axis
     def silu(self, x) -> Any: ...
     def gelu(self, x) -> Any: ...                           # tanh approximation, as ggml_gelu
+    def swiglu(self, gate, up) -> Any: ...                  # silu(gate) * up
+    def geglu(self, gate, up) -> Any: ...                   # gelu(gate) * up
     def swiglu_oai(self, gate, up, alpha: float, limit: float) -> Any: ...  # gpt-oss's clamped SwiGLU
-    def attention(self, q, k, v, q_pos, *, scale: float, window: int = 0, sinks=None, kv_pos=None) -> Any: ...
+    def softcap(self, x, cap: float) -> Any: ...            # tanh(x / cap) * cap
+    def attention(self, q, k, v, q_pos, *, scale: float, window: int = 0, sinks=None, kv_pos=None,
+                  softcap: float = 0.0) -> Any: ...        # softcap: Gemma 2's cap*tanh(q.k/cap)
 
 
 ACTIVATION_MODES = {
