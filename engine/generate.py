@@ -57,6 +57,18 @@ def prefill(model, cache, tokens, batch: int = DEFAULT_BATCH, last_only: bool = 
     return logits
 
 
+def decode(model, cache, token: int) -> np.ndarray:
+    """One decode step: the logits (1, n_vocab) of `token` at the cache's next position, on the host.
+
+    A backend that can replay a captured step (CUDA graphs: `decode_graph`) runs it that way when it
+    holds the whole model; every other case is a plain forward pass."""
+    be = model.place.single
+    replay = getattr(be, "decode_graph", None) if be is not None else None
+    if replay is not None:
+        return replay(model, cache, token)
+    return model.place.output.to_numpy(model.forward([token], cache))
+
+
 def generate_step(model, cache, prompt: list[int], sample, max_tokens: int, batch: int = DEFAULT_BATCH) -> Iterator[Step]:
     """Process `prompt` (the tokens not yet in `cache`), then yield up to `max_tokens` sampled tokens.
 
@@ -65,13 +77,13 @@ def generate_step(model, cache, prompt: list[int], sample, max_tokens: int, batc
     if not prompt:
         raise ValueError("nothing to evaluate: the prompt is empty and nothing is cached")
     t0 = time.perf_counter()
-    logits = model.be.to_numpy(prefill(model, cache, prompt, batch))[-1]
+    logits = model.place.output.to_numpy(prefill(model, cache, prompt, batch))[-1]
     prompt_ms = (time.perf_counter() - t0) * 1e3
     token = None
     for i in range(max_tokens):
         t0 = time.perf_counter()
         if token is not None:  # the first token comes from the prompt's logits
-            logits = model.be.to_numpy(model.forward([token], cache))[-1]
+            logits = decode(model, cache, token)[-1]
         token = int(sample(logits))
         yield Step(token, logits, prompt_ms if i == 0 else 0.0, (time.perf_counter() - t0) * 1e3)
 

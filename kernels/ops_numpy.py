@@ -30,6 +30,8 @@ files live under `ggml/src/` in llama.cpp) down to the float32 roundings where t
   `ggml_soft_max_ext` + `ggml_soft_max_add_sinks`: `M = max(max_j s_j, sink)`,
   `p_j = exp(s_j - M) / (sum_j exp(s_j - M) + exp(sink - M))`; the sink is not scaled and carries no
   value. A query that sees no key (and has no sink) gets zeros (ggml would produce NaN).
+  `softcap` > 0 (Gemma 2's attn_logit_softcapping) caps the raw scores first, as `build_attn_mha`
+  does without flash attention: `s = tanh(q.k * (1/cap)) * cap`, then the scale.
 """
 
 from __future__ import annotations
@@ -190,6 +192,53 @@ class NumpyOps:
             return x
         return np.asarray(x, F32).astype(np.float16).astype(F32)
 
+    # --- the forward pass's plumbing: inputs, KV cache, routing (host arrays on the CPU backends)
+
+    def ints(self, x, slot: str | None = None) -> np.ndarray:
+        """int32 inputs of a forward pass (token ids, positions); `slot` matters to graph capture only."""
+        return np.ascontiguousarray(x, dtype=np.int32)
+
+    def new_kv(self, n_ctx: int, n_head_kv: int, head_dim: int) -> np.ndarray:
+        return np.zeros((n_ctx, n_head_kv, head_dim), F32)
+
+    def kv_store(self, cache: np.ndarray, x, pos) -> np.ndarray:
+        """Write x (n_tok, n_head_kv, d) at rows pos (consecutive) of the cache, rounded as the cache
+        stores values; return the rows 0..last written (what attention may see)."""
+        pos = np.asarray(pos).reshape(-1)
+        start = int(pos[0])
+        end = start + len(pos)
+        if len(pos) > 1 and not np.array_equal(pos, np.arange(start, end)):
+            raise ValueError("kv_store: the CPU cache takes consecutive positions")
+        cache[start:end] = self.round_kv(np.asarray(x, F32))
+        return cache[:end]
+
+    def moe_route(self, logits, n_used: int, gating: str = "softmax", norm: bool = True):
+        """Choose `n_used` experts per token: (ids int32 (n_tok, k), weights f32 (n_tok, k)).
+
+        gating "softmax" (Mixtral, Qwen3-MoE; llama.cpp build_moe_ffn with SOFTMAX gating): softmax
+        over all router logits, top-k probabilities, renormalised when `norm`. "softmax_weight"
+        (gpt-oss): top-k of the raw logits, softmax over the chosen. Ties go to the lower id."""
+        logits = np.asarray(logits, F32)
+        if gating == "softmax":
+            probs = np.asarray(self.softmax(logits))
+            ids = np.argsort(-probs, axis=-1, kind="stable")[:, :n_used].astype(np.int32)
+            w = np.take_along_axis(probs, ids, axis=-1)
+            if norm:
+                w = w / w.sum(axis=-1, keepdims=True)
+            return ids, w.astype(F32)
+        if gating == "softmax_weight":
+            ids = np.argsort(-logits, axis=-1, kind="stable")[:, :n_used].astype(np.int32)
+            return ids, np.asarray(self.softmax(np.take_along_axis(logits, ids, axis=-1)), F32)
+        raise ValueError(f"unknown gating {gating!r} (softmax | softmax_weight)")
+
+    def moe_combine(self, d, weights) -> np.ndarray:
+        """sum over slots u of weights[t, u] * d[t, u, :]: (n_tok, n_used, n) -> (n_tok, n)."""
+        return (np.asarray(d, F32) * np.asarray(weights, F32)[:, :, None]).sum(axis=1)
+
+    def softcap(self, x, cap: float) -> np.ndarray:
+        """tanh(x / cap) * cap (Gemma's logit soft-capping)."""
+        return np.tanh(np.asarray(x, F32) / F32(cap)) * F32(cap)
+
     def rms_norm(self, x, weight, eps: float):
         x = np.asarray(x, F32)
         n = x.shape[-1]
@@ -260,7 +309,8 @@ class NumpyOps:
         with np.errstate(over="ignore"):
             return (x / (F32(1.0) + np.exp(F32(alpha) * -x))) * (y + F32(1.0))
 
-    def attention(self, q, k, v, q_pos, *, scale: float, window: int = 0, sinks=None, kv_pos=None):
+    def attention(self, q, k, v, q_pos, *, scale: float, window: int = 0, sinks=None, kv_pos=None,
+                  softcap: float = 0.0):
         q, k, v = (np.asarray(a, F32) for a in (q, k, v))
         check_attention(q, k, v)
         half = self.half_attention
@@ -282,7 +332,10 @@ class NumpyOps:
             # (tb, n_head, d) -> (n_head_kv, group*tb, d): query head h = g*group + r uses kv head g
             qg = q[t0:t1].reshape(t1 - t0, n_head_kv, group, -1).transpose(1, 2, 0, 3)
             qg = qg.reshape(n_head_kv, group * (t1 - t0), -1)
-            s = (qg @ kt) * F32(scale)                 # (n_head_kv, group*tb, n_kv)
+            s = qg @ kt                                # (n_head_kv, group*tb, n_kv)
+            if softcap:
+                s = np.tanh((s * (F32(1.0) / F32(softcap))).astype(np.float64)).astype(F32) * F32(softcap)
+            s = s * F32(scale)
             s = s.reshape(n_head, t1 - t0, n_kv)
             s = np.where(vis[None, t0:t1], s, F32(-np.inf))
             m = np.max(s, axis=-1, keepdims=True) if n_kv else np.full((n_head, t1 - t0, 1), -np.inf, F32)

@@ -16,6 +16,8 @@ import time
 
 import numpy as np
 
+from engine.generate import decode
+
 from .common import add_model_args
 
 HELP = "measure prompt (pp) and generation (tg) tokens per second, optionally beside llama.cpp"
@@ -65,10 +67,18 @@ def bench_engine(eng, args) -> dict:
         tok = int(rng.integers(0, eng.n_vocab))
         t0 = time.perf_counter()
         for _ in range(n):
-            eng.backend.to_numpy(model.forward([tok], cache))
+            decode(model, cache, tok)  # as generation runs it: replayed (CUDA graph) on a device
         return time.perf_counter() - t0
 
-    return _measure(run_pp, run_tg, args)
+    out = _measure(run_pp, run_tg, args)
+    be = eng.backend
+    if getattr(be, "is_device", False):  # kernels in one decode step, counted on a plain forward pass
+        cache = model.new_cache(2)
+        before = be.launches
+        be.to_numpy(model.forward([0], cache))
+        out["device"] = {**be.describe(), "kernels_per_decode_step": be.launches - before,
+                         "n_gpu_layers": model.place.n_gpu_layers}
+    return out
 
 
 def bench_llama_cpp(path, n_vocab: int, threads: int, args) -> dict:
@@ -147,5 +157,9 @@ def main(args) -> int:
         ref_txt = f"{ref['mean']:.2f} ± {ref['std']:.2f}" if ref else "-"
         ratio = f"{result['ratio'][key]:.2f}" if ref else "-"
         print(f"| {name} | {eng.backend.name} | {threads} | {key}{n} | {r['mean']:.2f} ± {r['std']:.2f} | {ref_txt} | {ratio} |")
+    if "device" in result:
+        d = result["device"]
+        print(f"\ndevice: {d['device']}; {d['kernels_per_decode_step']} kernels per decode step; "
+              f"{d['n_gpu_layers']} layers offloaded")
     sys.stdout.flush()
     return 0

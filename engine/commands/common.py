@@ -14,9 +14,12 @@ def add_model_args(p: argparse.ArgumentParser, model_required: bool = False):
     add_pull_args(p)
     p.add_argument("-c", "--ctx-size", type=int, default=4096, help="context size in tokens (default 4096)")
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    p.add_argument("--backend", default="cpu", help="compute backend: cpu (Numba), numpy (reference), auto")
-    p.add_argument("-ngl", "--n-gpu-layers", "--ngl", type=int, default=None,
-                   help="accepted for llama.cpp compatibility; the CPU backend runs every layer")
+    p.add_argument("--backend", default="auto", choices=["auto", "cuda", "rocm", "opencl", "cpu", "numpy"],
+                   help="compute backend: auto (a CUDA/ROCm GPU, else an OpenCL GPU, else the CPU; default), "
+                        "cuda, rocm, opencl (PoCL on the CPU when no GPU: for testing), cpu (Numba), numpy (reference)")
+    p.add_argument("--device", type=int, default=None, help="GPU index (see `python -m engine devices`)")
+    p.add_argument("-ngl", "--n-gpu-layers", "--ngl", dest="n_gpu_layers", type=int, default=None,
+                   help="layers on the GPU, the last N as llama.cpp assigns them (default: all; the rest run on the CPU)")
 
 
 def add_pull_args(p: argparse.ArgumentParser):
@@ -66,11 +69,13 @@ def load_engine(args):
     from engine.engine import Engine
     from engine.gguf_file import GGUFError
     from engine.models import UnsupportedArchitecture
+    from kernels.base import KernelError
     from engine.store import RefError, StoreError, resolve_model
 
     try:
         return Engine.load(resolve_model(model_name(args), pull=args.pull), n_ctx=args.ctx_size,
-                           n_threads=args.threads, backend=args.backend)
-    except (GGUFError, UnsupportedArchitecture, NotImplementedError, RefError, StoreError) as e:
+                           n_threads=args.threads, backend=args.backend, n_gpu_layers=args.n_gpu_layers,
+                           device=args.device)
+    except (GGUFError, UnsupportedArchitecture, NotImplementedError, RefError, StoreError, KernelError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None

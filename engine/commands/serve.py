@@ -31,7 +31,11 @@ def add_arguments(p):
     p.add_argument("--chat-template", default=None, help="named template instead of the model's")
     p.add_argument("--memory-budget-gb", type=float, default=None,
                    help="unload the least recently used models beyond this many GB of model files")
-    p.add_argument("-ngl", "--n-gpu-layers", type=int, default=None, help="accepted for llama.cpp compatibility")
+    p.add_argument("--backend", default="auto", choices=["auto", "cuda", "rocm", "opencl", "cpu", "numpy"],
+                   help="compute backend (default auto: a GPU if one works, else the CPU)")
+    p.add_argument("--device", type=int, default=None, help="GPU index (see `python -m engine devices`)")
+    p.add_argument("-ngl", "--n-gpu-layers", dest="n_gpu_layers", type=int, default=None,
+                   help="layers on the GPU, the last N (default: all)")
 
 
 def specs_from_args(args):
@@ -42,7 +46,8 @@ def specs_from_args(args):
     if args.config:
         with open(args.config) as f:
             cfg = json.load(f)
-        defaults = {"n_ctx": args.ctx_size, "parallel": args.parallel, "n_threads": args.threads, "pull": args.pull}
+        defaults = {"n_ctx": args.ctx_size, "parallel": args.parallel, "n_threads": args.threads, "pull": args.pull,
+                    "backend": args.backend, "n_gpu_layers": args.n_gpu_layers, "device": args.device}
         specs = [ModelSpec.from_config(e, defaults) for e in cfg.get("models", [])]
         host = host or cfg.get("host")
         port = port or cfg.get("port")
@@ -53,7 +58,8 @@ def specs_from_args(args):
 
         is_ref = name is not None and parse_ref(name).source != "file"
         specs = [ModelSpec(path=path, alias=args.alias or (name if is_ref else Path(path).name), n_ctx=args.ctx_size,
-                           parallel=args.parallel, n_threads=args.threads, chat_format=args.chat_template)]
+                           parallel=args.parallel, n_threads=args.threads, chat_format=args.chat_template,
+                           backend=args.backend, n_gpu_layers=args.n_gpu_layers, device=args.device)]
     return specs, host or "127.0.0.1", int(port or 8080)
 
 

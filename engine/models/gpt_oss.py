@@ -20,7 +20,7 @@ import numpy as np
 from engine.gguf_file import GGUF
 from kernels import RopeParams
 
-from .common import KVCache, Weights, swa_layers_from_gguf
+from .common import KVCache, Pass, Placement, Weights, swa_layers_from_gguf
 from .llama import rope_params_from_gguf
 
 ARCH = "gpt-oss"
@@ -67,71 +67,71 @@ class Params:
 
 
 class Model:
-    def __init__(self, gguf: GGUF, backend):
+    def __init__(self, gguf: GGUF, backend, place: Placement | None = None):
         self.p = p = Params.from_gguf(gguf)
-        self.be = backend
-        self.w = w = Weights(gguf, backend, p.n_layer)
+        self.place = place or Placement(backend, p.n_layer)
+        self.w = w = Weights(gguf, self.place, p.n_layer)
         self.router_trace: list | None = None  # set to [] to record each layer's routing margins
-        self.token_embd = w.raw("token_embd.weight")
-        self.output = w.output if w.has("output") else backend.upload(self.token_embd)
-        # expert biases are 2-D (n_expert, n): kept as float arrays and indexed by the chosen experts
-        self.exp_bias = [{name: backend.to_numpy(gguf.tensor(f"blk.{i}.{name}.bias").dequantize())
+        self.token_embd = w.get("token_embd.weight")
+        self.output = w.output if w.has("output") else w.get("token_embd.weight", self.place.output)
+        # expert biases are 2-D (n_expert, n): float arrays the expert products gather by chosen id
+        self.exp_bias = [{name: w.floats(f"blk.{i}.{name}.bias")
                           for name in ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")} for i in range(p.n_layer)]
-        for i, blk in enumerate(w.blk):  # prepare every layer's weights now, not on the first token
+        for blk in w.blk:  # prepare every layer's weights now, not on the first token
             for name in ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "attn_q_bias", "attn_k_bias",
                          "attn_v_bias", "attn_output_bias", "attn_sinks", "post_attention_norm", "ffn_gate_inp",
                          "ffn_gate_inp_bias", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"):
                 getattr(blk, name)
-            for name in self.exp_bias[i]:
-                w.raw(f"blk.{i}.{name}.bias")
         w.output_norm
 
     def new_cache(self, n_ctx: int) -> KVCache:
         p = self.p
-        return KVCache(self.be, p.n_layer, n_ctx, p.n_head_kv, p.head_dim, p.head_dim)
+        return KVCache(self.place, p.n_layer, n_ctx, p.n_head_kv, p.head_dim, p.head_dim)
 
     def forward(self, tokens, cache: KVCache, last_only: bool = True, embeddings: bool = False):
         """Run `tokens` (n_tok,) at cache positions n_past..; return logits (1 or n_tok, n_vocab), or
         with `embeddings` the output-normed hidden states (llama.cpp's t_embd) instead."""
-        be, p, w = self.be, self.p, self.w
+        p, w = self.p, self.w
         n = len(tokens)
         cache.check_room(n)
-        pos = np.arange(cache.n_past, cache.n_past + n, dtype=np.int32)
-        h = be.asarray(be.get_rows(self.token_embd, np.asarray(tokens)))
+        run = Pass(self.place, tokens, cache.n_past)
+        be, tok = run.input()
+        h = be.get_rows(self.token_embd, tok)
         scale = 1.0 / np.sqrt(p.head_dim)
         for i, L in enumerate(w.blk):
+            be, h, pos = run.layer(i, h)
             local = p.swa_layers[i]
             rope = p.rope_swa if local else p.rope
             a = be.rms_norm(h, L.attn_norm, p.rms_eps)
-            q = (be.matmul(a, L.attn_q) + L.attn_q_bias).reshape(n, p.n_head, p.head_dim)
-            k = (be.matmul(a, L.attn_k) + L.attn_k_bias).reshape(n, p.n_head_kv, p.head_dim)
-            v = (be.matmul(a, L.attn_v) + L.attn_v_bias).reshape(n, p.n_head_kv, p.head_dim)
+            q = be.matmul(a, L.attn_q, L.attn_q_bias).reshape(n, p.n_head, p.head_dim)
+            k = be.matmul(a, L.attn_k, L.attn_k_bias).reshape(n, p.n_head_kv, p.head_dim)
+            v = be.matmul(a, L.attn_v, L.attn_v_bias).reshape(n, p.n_head_kv, p.head_dim)
             q, k = be.rope(q, pos, rope), be.rope(k, pos, rope)
-            keys, values = cache.store(i, k, v)
+            keys, values = cache.store(i, k, v, pos)
             o = be.attention(q, keys, values, pos, scale=scale, window=p.n_swa if local else 0, sinks=L.attn_sinks)
-            h = h + be.matmul(o.reshape(n, p.n_head * p.head_dim), L.attn_output) + L.attn_output_bias
+            h = h + be.matmul(o.reshape(n, p.n_head * p.head_dim), L.attn_output, L.attn_output_bias)
             f = be.rms_norm(h, L.post_attention_norm, p.rms_eps)
-            h = h + self._experts(f, L, self.exp_bias[i])
+            h = h + self._experts(be, f, L, self.exp_bias[i])
         cache.n_past += n
+        be, h = run.output(h)
         if last_only:
             h = h[-1:]
         h = be.rms_norm(h, w.output_norm, p.rms_eps)
         return h if embeddings else be.matmul(h, self.output)
 
-    def _experts(self, x, L, bias):
+    def _experts(self, be, x, L, bias):
         """llama.cpp build_moe_ffn with LLAMA_EXPERT_GATING_FUNC_TYPE_SOFTMAX_WEIGHT and SWIGLU_OAI."""
-        be, p = self.be, self.p
-        logits = be.to_numpy(be.matmul(x, L.ffn_gate_inp) + L.ffn_gate_inp_bias)      # (n_tok, n_expert)
-        ids = top_k_experts(logits, p.n_expert_used)
+        p = self.p
+        logits = be.matmul(x, L.ffn_gate_inp, L.ffn_gate_inp_bias)                    # (n_tok, n_expert)
         if self.router_trace is not None:  # k-th minus (k+1)-th logit: how near a different choice was
-            top = -np.sort(-logits, axis=-1)
+            top = -np.sort(-be.to_numpy(logits), axis=-1)
             self.router_trace.append(top[:, p.n_expert_used - 1] - top[:, p.n_expert_used])
-        weights = be.to_numpy(be.softmax(np.take_along_axis(logits, ids, axis=-1)))   # (n_tok, n_used)
-        up = be.matmul_experts(x, L.ffn_up_exps, ids) + be.asarray(bias["ffn_up_exps"][ids])
-        gate = be.matmul_experts(x, L.ffn_gate_exps, ids) + be.asarray(bias["ffn_gate_exps"][ids])
+        ids, weights = be.moe_route(logits, p.n_expert_used, "softmax_weight")        # (n_tok, n_used)
+        up = be.matmul_experts(x, L.ffn_up_exps, ids, bias["ffn_up_exps"])
+        gate = be.matmul_experts(x, L.ffn_gate_exps, ids, bias["ffn_gate_exps"])
         act = be.swiglu_oai(gate, up, SWIGLU_ALPHA, SWIGLU_LIMIT)
-        down = be.matmul_experts(act, L.ffn_down_exps, ids) + be.asarray(bias["ffn_down_exps"][ids])
-        return (down * be.asarray(weights.astype(np.float32))[:, :, None]).sum(axis=1)
+        down = be.matmul_experts(act, L.ffn_down_exps, ids, bias["ffn_down_exps"])
+        return be.moe_combine(down, weights)
 
 
 def top_k_experts(logits: np.ndarray, k: int) -> np.ndarray:

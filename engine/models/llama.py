@@ -13,7 +13,7 @@ import numpy as np
 from engine.gguf_file import GGUF
 from kernels import RopeParams
 
-from .common import KVCache, Weights, gated_ffn, moe_ffn
+from .common import KVCache, Pass, Placement, Weights, gated_ffn, moe_ffn
 
 
 @dataclass(frozen=True)
@@ -76,15 +76,15 @@ def rope_params_from_gguf(g: GGUF, prefix: str, *, n_dims: int, mode: str, freq_
 
 
 class Model:
-    def __init__(self, gguf: GGUF, backend):
+    def __init__(self, gguf: GGUF, backend, place: Placement | None = None):
         self.p = p = Params.from_gguf(gguf)
-        self.be = backend
-        self.w = w = Weights(gguf, backend, p.n_layer)
+        self.place = place or Placement(backend, p.n_layer)
+        self.w = w = Weights(gguf, self.place, p.n_layer)
         if w.has("rope_freqs"):  # llama 3 frequency factors, per rotated pair
-            p = self.p = Params(**{**p.__dict__, "rope": RopeParams(**{**p.rope.__dict__,
-                                                                      "freq_factors": backend.to_numpy(w.rope_freqs)})})
-        self.token_embd = w.raw("token_embd.weight")
-        self.output = w.output if w.has("output") else backend.upload(self.token_embd)  # tied LM head
+            ff = w.raw("rope_freqs.weight").dequantize()
+            p = self.p = Params(**{**p.__dict__, "rope": RopeParams(**{**p.rope.__dict__, "freq_factors": ff})})
+        self.token_embd = w.get("token_embd.weight")
+        self.output = w.output if w.has("output") else w.get("token_embd.weight", self.place.output)  # tied head
         self.moe = p.n_expert > 0
         for blk in w.blk:  # prepare every layer's weights now, not on the first token
             for name in ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm"):
@@ -99,38 +99,36 @@ class Model:
 
     def new_cache(self, n_ctx: int) -> KVCache:
         p = self.p
-        return KVCache(self.be, p.n_layer, n_ctx, p.n_head_kv, p.head_dim, p.head_dim)
+        return KVCache(self.place, p.n_layer, n_ctx, p.n_head_kv, p.head_dim, p.head_dim)
 
     def forward(self, tokens, cache: KVCache, last_only: bool = True, embeddings: bool = False):
         """Run `tokens` (n_tok,) at cache positions n_past..; return logits (1 or n_tok, n_vocab), or
         with `embeddings` the output-normed hidden states (llama.cpp's t_embd) instead."""
-        be, p, w = self.be, self.p, self.w
+        p, w = self.p, self.w
         n = len(tokens)
         cache.check_room(n)
-        pos = np.arange(cache.n_past, cache.n_past + n, dtype=np.int32)
-        h = be.asarray(be.get_rows(self.token_embd, np.asarray(tokens)))         # (n, n_embd)
+        run = Pass(self.place, tokens, cache.n_past)
+        be, tok = run.input()
+        h = be.get_rows(self.token_embd, tok)                                     # (n, n_embd)
         for i, L in enumerate(w.blk):
+            be, h, pos = run.layer(i, h)
             a = be.rms_norm(h, L.attn_norm, p.rms_eps)
-            q = self._proj(a, L, "attn_q").reshape(n, p.n_head, p.head_dim)
-            k = self._proj(a, L, "attn_k").reshape(n, p.n_head_kv, p.head_dim)
-            v = self._proj(a, L, "attn_v").reshape(n, p.n_head_kv, p.head_dim)
+            q = be.matmul(a, L.attn_q, L.get("attn_q_bias")).reshape(n, p.n_head, p.head_dim)
+            k = be.matmul(a, L.attn_k, L.get("attn_k_bias")).reshape(n, p.n_head_kv, p.head_dim)
+            v = be.matmul(a, L.attn_v, L.get("attn_v_bias")).reshape(n, p.n_head_kv, p.head_dim)
             q, k = be.rope(q, pos, p.rope), be.rope(k, pos, p.rope)
-            keys, values = cache.store(i, k, v)
+            keys, values = cache.store(i, k, v, pos)
             o = be.attention(q, keys, values, pos, scale=1.0 / np.sqrt(p.head_dim))
-            h = h + self._proj(o.reshape(n, p.n_head * p.head_dim), L, "attn_output")
+            h = h + be.matmul(o.reshape(n, p.n_head * p.head_dim), L.attn_output, L.get("attn_output_bias"))
             f = be.rms_norm(h, L.ffn_norm, p.rms_eps)
             if self.moe:
                 h = h + moe_ffn(be, f, L.ffn_gate_inp, L.ffn_gate_exps, L.ffn_up_exps, L.ffn_down_exps,
-                                p.n_expert_used, be.silu)
+                                p.n_expert_used)
             else:
-                h = h + gated_ffn(be, f, L.ffn_gate, L.ffn_up, L.ffn_down, be.silu)
+                h = h + gated_ffn(be, f, L.ffn_gate, L.ffn_up, L.ffn_down)
         cache.n_past += n
+        be, h = run.output(h)
         if last_only:
             h = h[-1:]
         h = be.rms_norm(h, w.output_norm, p.rms_eps)
         return h if embeddings else be.matmul(h, self.output)
-
-    def _proj(self, x, L, name):
-        y = self.be.matmul(x, getattr(L, name))
-        bias = L.get(name + "_bias")
-        return y if bias is None else y + bias

@@ -157,6 +157,15 @@ class Job:
             self.cancel.set()
 
 
+def device_props(engine) -> dict:
+    """Where the model runs, for /props: the backend, the device, how many layers it holds."""
+    be = engine.backend
+    info = be.describe() if hasattr(be, "describe") else {"backend": be.name, "device": "cpu"}
+    place = getattr(engine.model, "place", None)
+    return {"backend": info.get("backend", be.name), "device": info.get("device", "cpu"),
+            "n_gpu_layers": place.n_gpu_layers if place is not None else 0}
+
+
 def create_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
     app = FastAPI(title="ggufpy", docs_url=None, redoc_url=None)
     stats = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "predicted_ms": 0.0, "errors": 0}
@@ -223,7 +232,7 @@ def create_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
         return {"model_path": m.spec.path, "model_alias": m.spec.alias, "total_slots": len(m.engines),
                 "n_ctx": e.n_ctx, "chat_template": e.chat_template(m.spec.chat_format).source
                 if hasattr(e.chat_template(m.spec.chat_format), "source") else None,
-                "default_generation_settings": {"n_ctx": e.n_ctx}}
+                "default_generation_settings": {"n_ctx": e.n_ctx}, **device_props(e)}
 
     @app.get("/metrics")
     async def metrics():

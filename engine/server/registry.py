@@ -25,6 +25,9 @@ class ModelSpec:
     chat_format: str | None = None      # a named template instead of the model's own
     pull: str = "missing"               # `path` may be a ref (hf://, ollama://, ...): pulled on first load
     file: str | None = None             # the GGUF that `path` resolved to, once loaded
+    backend: str = "auto"               # where it runs (engine.backends): auto, cuda, rocm, opencl, cpu, numpy
+    n_gpu_layers: int | None = None     # llama.cpp's -ngl / n_gpu_layers (None: all layers)
+    device: int | None = None           # GPU index
 
     @classmethod
     def from_config(cls, entry: dict, defaults: dict) -> "ModelSpec":
@@ -36,7 +39,10 @@ class ModelSpec:
                    n_ctx=int(entry.get("n_ctx", defaults.get("n_ctx", 4096))),
                    parallel=int(entry.get("parallel", defaults.get("parallel", 1))),
                    n_threads=entry.get("n_threads", defaults.get("n_threads")),
-                   chat_format=entry.get("chat_format"), pull=str(entry.get("pull", defaults.get("pull", "missing"))))
+                   chat_format=entry.get("chat_format"), pull=str(entry.get("pull", defaults.get("pull", "missing"))),
+                   backend=str(entry.get("backend", defaults.get("backend", "auto"))),
+                   n_gpu_layers=entry.get("n_gpu_layers", defaults.get("n_gpu_layers")),
+                   device=entry.get("main_gpu", defaults.get("device")))
 
 
 class UnknownModel(KeyError):
@@ -117,7 +123,8 @@ class ModelRegistry:
         from engine.store import resolve_model
 
         spec.file = str(resolve_model(spec.path, pull=spec.pull))
-        first = Engine.load(spec.file, n_ctx=spec.n_ctx, n_threads=spec.n_threads or os.cpu_count())
+        first = Engine.load(spec.file, n_ctx=spec.n_ctx, n_threads=spec.n_threads or os.cpu_count(),
+                            backend=spec.backend, n_gpu_layers=spec.n_gpu_layers, device=spec.device)
         engines = [first]
         for _ in range(spec.parallel - 1):  # same weights (memory map, page cache), own KV cache
             engines.append(type(first)(first.gguf, first.model, first.backend, first.tokenizer, first.n_ctx))
