@@ -498,6 +498,28 @@ def test_numba_attention_split_kv(fast, monkeypatch, n_chunks):
         assert_rel(fast.attention(q, k, v, [n_kv - 1], **kw), REF.attention(q, k, v, [n_kv - 1], **kw))
 
 
+@pytest.mark.parametrize("window", [0, 5])
+def test_attention_softcap(fast, monkeypatch, window):
+    """Gemma 2's attention soft-capping: each raw score q.k becomes cap*tanh(q.k/cap) before the scale
+    (build_attn_mha without flash attention), in the reference and the Numba kernel (split-K too)."""
+    r = rng(23)
+    q, k, v = randn(r, 6, 4, 32, scale=2.0), randn(r, 20, 2, 32, scale=2.0), randn(r, 20, 2, 32)
+    q_pos, cap, scale = np.arange(14, 20), 5.0, 0.5
+    vis = attention_mask(q_pos, np.arange(20), window)
+    want = np.zeros((6, 4, 32))
+    for t in range(6):
+        for h in range(4):
+            s = cap * np.tanh(k[:, h // 2].astype(np.float64) @ q[t, h].astype(np.float64) / cap) * scale
+            p = np.where(vis[t], np.exp(s - s[vis[t]].max()), 0.0)
+            want[t, h] = p @ v[:, h // 2] / p.sum()
+    got = REF.attention(q, k, v, q_pos, scale=scale, window=window, softcap=cap)
+    assert_rel(got, want.astype(F32), 2e-6)
+    assert not np.allclose(got, REF.attention(q, k, v, q_pos, scale=scale, window=window), atol=1e-2)
+    assert_rel(fast.attention(q, k, v, q_pos, scale=scale, window=window, softcap=cap), got)
+    monkeypatch.setattr(type(fast), "_kv_chunks", lambda self, n_items, n_kv, parallel: 3)
+    assert_rel(fast.attention(q[-1:], k, v, q_pos[-1:], scale=scale, window=window, softcap=cap), got[-1:])
+
+
 class _HalfNumpy(NumpyOps):
     activations = "llama.cpp"
 

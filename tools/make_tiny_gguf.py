@@ -1,6 +1,9 @@
 """Write tiny random-weight GGUF models for architectures that have no small public model.
 
     python tools/make_tiny_gguf.py llama-moe|gpt-oss OUT.gguf [--seed 0] [--shape 20b]
+    python tools/make_tiny_gguf.py qwen2|qwen3|qwen3moe|phi3|gemma2 OUT.gguf [--ftype F32]  # tools/tiny_families.py
+    python tools/make_tiny_gguf.py describe REAL.gguf SHAPE.json      # a real model's shape, no weights
+    python tools/make_tiny_gguf.py twin SHAPE.json OUT.gguf           # that shape with random weights
 
 `llama-moe` is the Mixtral layout of the `llama` architecture (as karakuri-8x7b): router
 `ffn_gate_inp`, stacked experts `ffn_{gate,up,down}_exps`, with the tensor names, metadata keys and
@@ -290,14 +293,129 @@ def write_gpt_oss(path: Path, seed: int = 0, shape: GptOssShape | str = "tiny", 
 WRITERS = {"llama-moe": write_llama_moe, "gpt-oss": write_gpt_oss}
 
 
+def _family_writer(kind: str):
+    """A writer of tools/tiny_families.py (Qwen 2.5, Qwen 3, Qwen 3 MoE, Phi-3.5, Gemma 2), imported on use."""
+    def write(path: Path, seed: int = 0, **kw) -> Path:
+        import tiny_families  # noqa: PLC0415  (tools/ is on sys.path, as for fetch_test_models)
+
+        return tiny_families.write_family(kind, path, seed=seed, **kw)
+    return write
+
+
+WRITERS.update({kind: _family_writer(kind) for kind in ("qwen2", "qwen3", "qwen3moe", "phi3", "gemma2")})
+
+
+# --- shape twins: a real model's dimensions and quant types with random weights (speed measurements
+# on machines the real file cannot reach, e.g. benchmarks/gpu_check.sh on a GPU machine)
+
+def describe(path: Path) -> dict:
+    """A real GGUF's shape: metadata (tokenizer arrays left out) and every tensor's name, type, shape."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from engine.gguf_file import GGUF
+
+    g = GGUF.open(path)
+    meta = {}
+    for k, v in g.metadata.items():
+        if k.startswith("tokenizer.") and k not in ("tokenizer.ggml.model", "tokenizer.ggml.bos_token_id",
+                                                    "tokenizer.ggml.eos_token_id"):
+            continue
+        meta[k] = v.tolist() if isinstance(v, np.ndarray) else v
+    n_vocab = g.tensors["token_embd.weight"].ne[1]
+    return {"source": Path(path).name, "n_vocab": int(n_vocab), "metadata": meta,
+            "tensors": [[t.name, t.type_name, list(t.ne)] for t in g.tensors.values()]}
+
+
+def _random_blocks(qtype: gguf.GGMLQuantizationType, ne: list[int], rng: np.random.Generator) -> np.ndarray:
+    """Valid random storage for one tensor: random bytes with every f16 scale finite and modest
+    (tests/qdata.py explains the offsets), float tensors N(1, 0.05) for norms or N(0, 0.05)."""
+    shape = tuple(reversed(ne))
+    if qtype == gguf.GGMLQuantizationType.F32:
+        base = 1.0 if len(shape) == 1 else 0.0
+        return (base + rng.standard_normal(shape) * 0.05).astype(np.float32)
+    if qtype in (gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.BF16):
+        f = (rng.standard_normal(shape) * 0.05).astype(np.float32)
+        return f.astype(np.float16) if qtype == gguf.GGMLQuantizationType.F16 else (f.view(np.uint32) >> 16).astype(np.uint16)
+    block_elems, block_bytes = gguf.GGML_QUANT_SIZES[qtype]
+    n_blocks = int(np.prod(ne)) // block_elems
+    blocks = rng.integers(0, 256, size=(n_blocks, block_bytes), dtype=np.uint8)
+    scale_offsets = {"Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,), "IQ4_NL": (0,),
+                     "Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,), "IQ4_XS": (0,)}
+    for off in scale_offsets.get(qtype.name, ()):
+        d = (rng.uniform(0.2, 1.0, n_blocks) * 0.006 * rng.choice([-1, 1], n_blocks)).astype(np.float16)
+        blocks[:, off:off + 2] = d.view(np.uint8).reshape(n_blocks, 2)
+    if qtype.name == "MXFP4":
+        blocks[:, 0] = rng.integers(118, 124, n_blocks, dtype=np.uint8)
+    return blocks.reshape(*shape[:-1], -1)
+
+
+def write_twin(shape_json: Path, path: Path, seed: int = 0) -> Path:
+    """A GGUF with the described model's metadata, tensor names, types and shapes, random weights and
+    a synthetic SentencePiece vocabulary of the same size (special, byte and word pieces)."""
+    import json
+
+    spec = json.loads(Path(shape_json).read_text())
+    meta, n_vocab = spec["metadata"], spec["n_vocab"]
+    rng = np.random.default_rng(seed)
+    w = gguf.GGUFWriter(str(path), meta["general.architecture"])
+    for k, v in meta.items():
+        if k in ("general.architecture", "tokenizer.ggml.model", "tokenizer.ggml.bos_token_id",
+                 "tokenizer.ggml.eos_token_id", "general.alignment"):
+            continue
+        if isinstance(v, bool):
+            w.add_bool(k, v)
+        elif isinstance(v, int):
+            w.add_uint32(k, v) if v >= 0 else w.add_int32(k, v)
+        elif isinstance(v, float):
+            w.add_float32(k, v)
+        elif isinstance(v, str):
+            w.add_string(k, v)
+        elif isinstance(v, list) and v and all(isinstance(x, str) for x in v):
+            w.add_array(k, v)
+        elif isinstance(v, list):
+            w.add_array(k, [int(x) if isinstance(x, bool) else x for x in v])
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    tokens += [f"\u2581w{i}" for i in range(n_vocab - len(tokens))]
+    types = [2, 3, 3] + [6] * 256 + [1] * (n_vocab - 259)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores([-float(i) for i in range(n_vocab)])
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    for name, type_name, ne in spec["tensors"]:
+        qtype = gguf.GGMLQuantizationType[type_name]
+        data = _random_blocks(qtype, ne, rng)
+        w.add_tensor(name, data, raw_shape=tuple(reversed(ne)) if qtype.name in ("F32", "F16", "BF16")
+                     else data.shape, raw_dtype=qtype)
+    _finish(w)
+    return path
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("kind", choices=sorted(WRITERS))
+    ap.add_argument("kind", choices=sorted(WRITERS) + ["describe", "twin"],
+                    help="a writer; `describe REAL.gguf OUT.json` (a model's shape), `twin SHAPE.json OUT.gguf`")
+    ap.add_argument("src", type=Path, nargs="?", help="describe: the real GGUF; twin: the shape JSON")
     ap.add_argument("out", type=Path)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--shape", choices=sorted(GPT_OSS_SHAPES), default="tiny", help="gpt-oss dimensions")
+    ap.add_argument("--ftype", choices=["Q4_K_M", "Q8_0", "F32"], default=None,
+                    help="qwen2/qwen3/qwen3moe/phi3/gemma2: types other than the published file's")
     args = ap.parse_args(argv)
-    kw = {"shape": args.shape} if args.kind == "gpt-oss" else {}
+    if args.kind == "describe":
+        import json
+
+        args.out.write_text(json.dumps(describe(args.src), indent=0) + "\n")
+        print(args.out)
+        return 0
+    if args.kind == "twin":
+        print(write_twin(args.src, args.out, seed=args.seed))
+        return 0
+    if args.src is not None:
+        ap.error(f"{args.kind} takes only OUT")
+    kw = {"shape": args.shape} if args.kind == "gpt-oss" else {"ftype": args.ftype} if args.ftype else {}
     print(WRITERS[args.kind](args.out, seed=args.seed, **kw))
     return 0
 

@@ -264,12 +264,23 @@ def _act_ser(kind, x, g, y):
 # --- attention
 
 
+@njit(inline="always", **_JIT)
+def _score(a, scale, softcap, inv_cap):
+    """One attention score as ggml computes it without flash attention: the raw q.k, soft-capped when
+    softcap > 0 (ggml_scale by 1/cap, tanh, ggml_scale by cap), then soft_max_ext's scale."""
+    if softcap > ZERO:
+        a = np.float32(math.tanh(a * inv_cap)) * softcap
+    return a * scale
+
+
 @njit(**_JIT_FAST)
-def _attn_chunk(q, k, v, t, g, group, j0, j1, qp, kv_pos, scale, window, m, l, acc, sinks, has_sinks, p16):
+def _attn_chunk(q, k, v, t, g, group, j0, j1, qp, kv_pos, scale, window, m, l, acc, sinks, has_sinks, p16,
+                softcap):
     """The `group` query heads of kv head g (token t) against kv rows [j0, j1): per head the max m
     of the visible scores, the sum l of exp(s - m) and the unnormalised output acc = sum exp(s - m) v.
     With p16 (one chunk only) it does what ggml does without flash attention: the probabilities are
-    normalised (sinks included) and rounded to f16 before they multiply V; acc is then the output."""
+    normalised (sinks included) and rounded to f16 before they multiply V; acc is then the output.
+    softcap > 0 caps each raw score q.k as softcap*tanh(q.k/softcap) before the scale (Gemma 2)."""
     d_k = q.shape[2]
     d_v = v.shape[2]
     h0 = g * group
@@ -289,6 +300,7 @@ def _attn_chunk(q, k, v, t, g, group, j0, j1, qp, kv_pos, scale, window, m, l, a
     if nv == 0:
         return
     s = np.empty((group, nv), np.float32)
+    inv_cap = ONE / softcap if softcap > ZERO else ZERO
     # scores, four kv rows at a time (each q element loaded once for four dot products)
     p = 0
     while p + 4 <= nv:
@@ -304,10 +316,10 @@ def _attn_chunk(q, k, v, t, g, group, j0, j1, qp, kv_pos, scale, window, m, l, a
                 a1 += qd * k[jb, g, d]
                 a2 += qd * k[jc, g, d]
                 a3 += qd * k[jd, g, d]
-            s[r, p] = a0 * scale
-            s[r, p + 1] = a1 * scale
-            s[r, p + 2] = a2 * scale
-            s[r, p + 3] = a3 * scale
+            s[r, p] = _score(a0, scale, softcap, inv_cap)
+            s[r, p + 1] = _score(a1, scale, softcap, inv_cap)
+            s[r, p + 2] = _score(a2, scale, softcap, inv_cap)
+            s[r, p + 3] = _score(a3, scale, softcap, inv_cap)
         p += 4
     while p < nv:
         ja = idx[p]
@@ -315,7 +327,7 @@ def _attn_chunk(q, k, v, t, g, group, j0, j1, qp, kv_pos, scale, window, m, l, a
             a0 = ZERO
             for d in range(d_k):
                 a0 += q[t, h0 + r, d] * k[ja, g, d]
-            s[r, p] = a0 * scale
+            s[r, p] = _score(a0, scale, softcap, inv_cap)
         p += 1
     # softmax numerators (vectorized exp), then the weighted sum of V rows
     for r in range(group):
@@ -352,7 +364,8 @@ def _attn_chunk(q, k, v, t, g, group, j0, j1, qp, kv_pos, scale, window, m, l, a
 
 
 @njit(**_JIT_FAST)
-def _attn_item(it, q, k, v, q_pos, kv_pos, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf, p16):
+def _attn_item(it, q, k, v, q_pos, kv_pos, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf, p16,
+               softcap):
     n_tok, n_head = q.shape[0], q.shape[1]
     n_kv, n_head_kv = k.shape[0], k.shape[1]
     d_v = v.shape[2]
@@ -370,7 +383,8 @@ def _attn_item(it, q, k, v, q_pos, kv_pos, scale, window, sinks, has_sinks, n_ch
     m = np.empty(group, np.float32)
     l = np.empty(group, np.float64)
     acc = np.empty((group, d_v), np.float32)
-    _attn_chunk(q, k, v, t, g, group, j0, j1, q_pos[t], kv_pos, scale, window, m, l, acc, sinks, has_sinks, p16)
+    _attn_chunk(q, k, v, t, g, group, j0, j1, q_pos[t], kv_pos, scale, window, m, l, acc, sinks, has_sinks, p16,
+                softcap)
     h0 = g * group
     if p16:
         for r in range(group):
@@ -403,17 +417,19 @@ def _attn_item(it, q, k, v, q_pos, kv_pos, scale, window, sinks, has_sinks, n_ch
 
 
 @njit(parallel=True, **_JIT)
-def _attn_par(q, k, v, q_pos, kv_pos, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf, p16):
+def _attn_par(q, k, v, q_pos, kv_pos, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf, p16, softcap):
     n_items = q.shape[0] * k.shape[1] * n_chunks
     for it in prange(n_items):
-        _attn_item(it, q, k, v, q_pos, kv_pos, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf, p16)
+        _attn_item(it, q, k, v, q_pos, kv_pos, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf, p16,
+                   softcap)
 
 
 @njit(**_JIT)
-def _attn_ser(q, k, v, q_pos, kv_pos, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf, p16):
+def _attn_ser(q, k, v, q_pos, kv_pos, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf, p16, softcap):
     n_items = q.shape[0] * k.shape[1] * n_chunks
     for it in range(n_items):
-        _attn_item(it, q, k, v, q_pos, kv_pos, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf, p16)
+        _attn_item(it, q, k, v, q_pos, kv_pos, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf, p16,
+                   softcap)
 
 
 @njit(parallel=True, **_JIT_FAST)
@@ -542,7 +558,8 @@ class NumbaOps(NumpyOps):
             return 1
         return max(1, min(-(-4 * nt // n_items), n_kv // 256))
 
-    def attention(self, q, k, v, q_pos, *, scale: float, window: int = 0, sinks=None, kv_pos=None):
+    def attention(self, q, k, v, q_pos, *, scale: float, window: int = 0, sinks=None, kv_pos=None,
+                  softcap: float = 0.0):
         q, k, v = _f32c(q), _f32c(k), _f32c(v)
         check_attention(q, k, v)
         n_tok, n_head, d_k = q.shape
@@ -575,7 +592,8 @@ class NumbaOps(NumpyOps):
             lbuf = np.empty((1, 1, 1), np.float64)
             abuf = np.empty((1, 1, 1, 1), np.float32)
         kern = _attn_par if parallel else _attn_ser
-        kern(q, k, v, qp, kp, np.float32(scale), np.int64(window or 0), sk, has_sinks, n_chunks, out, mbuf, lbuf, abuf, p16)
+        kern(q, k, v, qp, kp, np.float32(scale), np.int64(window or 0), sk, has_sinks, n_chunks, out, mbuf, lbuf, abuf, p16,
+             np.float32(softcap or 0.0))
         if n_chunks > 1:
             _attn_combine(mbuf, lbuf, abuf, sk, has_sinks, out)
         return out
