@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from .constrain import CompiledGrammar, ConstraintError, compile_grammar, schema_from_response_format
-from .tool_calls import (ToolCallStream, ToolFormat, _call_schema, _function, _json_rule, check_tools, format_for,
+from .tool_calls import (ToolCallStream, ToolFormat, _function, _json_rule, _marker_term, check_tools, format_for,
                          polyfill_tool_messages, template_knows_tools)
 
 
@@ -32,22 +32,25 @@ class ChatPlan:
     tools: list[dict] | None = None
 
 
-def _harmony_grammar(tools: list[dict] | None, choice: str, response_schema: Any) -> dict:
+def _harmony_grammar(tools: list[dict] | None, choice: str, response_schema: Any, vocab=None) -> dict:
     """gpt-oss: optional analysis, then a forced call (`to=functions.NAME ... <|call|>`) or a final
-    answer whose text follows the schema."""
-    analysis = ('analysis: <|channel|> "analysis" <|message|> TEXT <|end|> <|start|> "assistant"\n'
-                "TEXT: /(.|\\n)*/\n")
+    answer whose text follows the schema. Harmony's markers are written as the vocabulary has them
+    (control tokens by id, rendered ones as text)."""
+    t = {m: _marker_term(f"<|{m}|>", vocab) for m in ("channel", "message", "end", "start", "constrain", "call")}
+    analysis = (f'analysis: {t["channel"]} "analysis" {t["message"]} thought {t["start"]} "assistant"\n'
+                f'thought[lazy]: TEXT {t["end"]}\nTEXT: /(.|\\n)*/\n')  # lazy: the text ends at the first <|end|>
     if tools and choice == "required":
         alts = []
-        for i, t in enumerate(tools):
-            f = _function(t)
+        for i, tool in enumerate(tools):
+            f = _function(tool)
             alts.append(f"call{i}")
-            analysis += (f'call{i}: <|channel|> "commentary to=functions.{f["name"]}" " "? (<|constrain|> "json")? '
-                         f"<|message|> args{i} <|call|>\nargs{i}: {_json_rule(f['parameters'])}\n")
+            analysis += (f'call{i}: {t["channel"]} "commentary to=functions.{f["name"]}" " "? '
+                         f'({t["constrain"]} "json")? {t["message"]} args{i} {t["call"]}\n'
+                         f"args{i}: {_json_rule(f['parameters'])}\n")
         return {"lark": f"start: analysis? ({' | '.join(alts)})\n{analysis}"}
     if response_schema is not None:
-        return {"lark": f'start: analysis? <|channel|> "final" <|message|> body\nbody: {_json_rule(response_schema)}\n'
-                        f"{analysis}"}
+        return {"lark": f'start: analysis? {t["channel"]} "final" {t["message"]} body\n'
+                        f"body: {_json_rule(response_schema)}\n{analysis}"}
     return {}
 
 
@@ -79,7 +82,7 @@ def plan_chat(engine, messages: list[dict], template: str | None = None, tools: 
         if tools:
             extra["tools"] = tools
         prompt = engine.apply_template(messages, template=template, **extra)
-        kw = _harmony_grammar(chosen, choice, response_schema)
+        kw = _harmony_grammar(chosen, choice, response_schema, tok)
         plan = ChatPlan([], prompt, None, compile_grammar(tok, **kw) if kw else None, tools=tools or None)
     else:
         fmt = format_for(tmpl.source, response_schema) if tools else None
@@ -131,5 +134,3 @@ def tool_pieces(pieces, fmt: ToolFormat) -> Iterator:
             done.finish_reason = "tool_calls"
         yield Piece("", None, done.finish_reason, done)
 
-
-__all__ = ["ChatPlan", "plan_chat", "tool_pieces", "ConstraintError", "_call_schema"]

@@ -249,3 +249,37 @@ def test_tool_result_round_trip_on_smollm2(smol):
     assert "21 degrees and sunny" in plan.prompt and '"tool_response"' in plan.prompt
     r = smol.chat(msgs, tools=WEATHER, tool_choice="none", max_tokens=24, temperature=0)
     assert r.message["content"] and "tool_calls" not in r.message
+
+
+# --- gpt-oss (harmony): only the forcing grammar is ours, the parser is engine/harmony.py
+
+
+def test_harmony_grammars_on_the_tiny_gpt_oss(tiny_gpt_oss_path):
+    from engine.chat import _harmony_grammar
+    from engine.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_gguf(tiny_gpt_oss_path)
+
+    def ids(text):
+        return tok.tokenize(text, add_bos=False, special=True)
+
+    def accepts(g, text):
+        c = g.constraint()
+        try:
+            for i in ids(text):
+                c.accept(i)
+        except ConstraintError:
+            return False
+        return c.accepting
+
+    g = compile_grammar(tok, **_harmony_grammar(WEATHER, "required", None, tok))
+    call = ('<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>'
+            '{"city": "Oslo", "unit": "celsius"}<|call|>')
+    assert accepts(g, call)
+    assert accepts(g, "<|channel|>analysis<|message|>Need weather.<|end|><|start|>assistant" + call)
+    assert not accepts(g, call.replace('"celsius"', '"kelvin"'))
+    assert not accepts(g, "<|channel|>final<|message|>It is sunny.<|return|>")
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    g = compile_grammar(tok, **_harmony_grammar(None, "none", schema, tok))
+    assert accepts(g, '<|channel|>final<|message|>{"n": 3}')
+    assert not accepts(g, "<|channel|>final<|message|>three")
