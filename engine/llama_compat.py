@@ -12,12 +12,14 @@ through both and compares).
 Constructor arguments, by what happens to them:
 
 * used: model_path, n_ctx (0: the model's training context), n_batch (embedding truncation and `eval`
-  batches), n_threads, n_gpu_layers (0: the CPU backend; any other value: the best backend here, whole
-  model: there is no partial offload), seed, chat_format, chat_handler, verbose, embedding,
-  logits_all, last_n_tokens_size, pooling_type, spm_infill; and our own `backend=` ("cpu", "numpy",
-  "auto", ...), which overrides n_gpu_layers' choice.
-* accepted and ignored, as llama-cpp-python ignores them on a CPU build (they place work on GPUs):
-  split_mode, main_gpu, tensor_split, offload_kqv, op_offload.
+  batches), n_threads, n_gpu_layers (as llama.cpp's -ngl: 0, the default, runs on the CPU; -1 puts
+  every layer on the best GPU here (backend "auto", which falls back to the CPU); N the last N
+  layers), main_gpu (the GPU's index, `python -m engine devices`), seed, chat_format, chat_handler,
+  verbose, embedding, logits_all, last_n_tokens_size, pooling_type, spm_infill; and our own
+  `backend=` ("auto", "cuda", "rocm", "opencl", "cpu", "numpy"), which names the backend outright.
+* accepted and ignored, as llama-cpp-python ignores them on a CPU build (they spread work over
+  several GPUs, or offload parts that always go with their layer here): split_mode, tensor_split,
+  offload_kqv, op_offload.
 * accepted and ignored because they tune llama.cpp's speed or memory, never an answer: n_ubatch,
   n_threads_batch (one thread count serves both here), use_mmap (always mapped), use_mlock, numa,
   flash_attn, swa_full, no_perf, vocab_only (the weights are mapped lazily, so loading them costs
@@ -38,6 +40,10 @@ Known differences from llama-cpp-python:
   come back with `reasoning_content` and parsed `tool_calls`;
 * `tools` are parsed into `tool_calls` for every model family the engine knows (engine/tool_calls.py),
   not only when `tool_choice` names a function; `response_format` takes OpenAI's "json_schema" too;
+* streamed tool calls are OpenAI's deltas (engine/llama_responses.py says why); logprob values are
+  Python floats (llama-cpp-python's are NumPy float32s);
+* `from_pretrained` fetches through the model store (engine/store), so `local_dir`/`cache_dir` are
+  not used;
 * `logprobs` work without `logits_all=True`; `embed` works without `embedding=True`;
 * token-level embeddings (pooling "none", the default of generative models) are right for every
   input of a list (llama-cpp-python's offsets after the first input are wrong);
@@ -69,7 +75,8 @@ GGML_TYPE_F16 = 1
 # llama_pooling_type -> Engine.embed's pooling (-1, unspecified: the model's own, see _model_pooling)
 _POOLING = {0: "none", 1: "mean", 2: "cls", 3: "last"}
 
-# accepted and ignored: on a CPU build llama-cpp-python ignores these too (they place work on GPUs) ...
+# accepted without a warning: GPU placement, which llama-cpp-python ignores on a CPU build (main_gpu
+# picks the device when a GPU backend is used; the others spread work over several GPUs) ...
 _GPU_PLACEMENT = ("split_mode", "main_gpu", "tensor_split", "offload_kqv", "op_offload")
 # ... and these tune llama.cpp's speed or memory only, never an answer
 _SPEED_OR_MEMORY = ("n_ubatch", "n_threads_batch", "use_mmap", "use_mlock", "numa", "flash_attn", "swa_full",
@@ -152,8 +159,12 @@ class Llama:
         self.model_path = str(model_path)
         self.verbose = verbose
         t0 = time.perf_counter()
-        self._engine = Engine.load(model_path, n_ctx=n_ctx, n_threads=n_threads,
-                                   backend=backend or ("cpu" if n_gpu_layers == 0 else "auto"))
+        if backend is None:  # llama.cpp's -ngl: 0 keeps everything on the CPU, -1 offloads every layer
+            backend = "cpu" if n_gpu_layers == 0 else "auto"
+        gpu = backend not in ("cpu", "numpy")
+        self._engine = Engine.load(model_path, n_ctx=n_ctx, n_threads=n_threads, backend=backend,
+                                   n_gpu_layers=n_gpu_layers if gpu and n_gpu_layers > 0 else None,
+                                   device=options.get("main_gpu") if gpu else None)
         self.n_batch = min(self._engine.n_ctx, n_batch)
         self.n_threads = n_threads or os.cpu_count()
         self._seed = seed or LLAMA_DEFAULT_SEED
@@ -314,7 +325,8 @@ class Llama:
         try:
             for i in range(0, len(tokens), self.n_batch):
                 batch = tokens[i:i + self.n_batch]
-                out = eng.backend.to_numpy(eng.model.forward(batch, eng.cache, last_only=not self._logits_all))
+                out = eng.model.place.output.to_numpy(
+                    eng.model.forward(batch, eng.cache, last_only=not self._logits_all))
                 n_past = self.n_tokens
                 self.input_ids[n_past:n_past + len(batch)] = batch
                 if self._logits_all:
