@@ -135,7 +135,8 @@ class ModelHost:
 
             def _route(self, head):
                 with host._lock:
-                    host.log.append((self.command, self.path, self.headers.get("Range"), self.headers.get("Authorization")))
+                    host.log.append((self.command, self.path, self.headers.get("Range"),
+                                     self.headers.get("Authorization")))
                 try:
                     host._dispatch(self, head)
                 except (BrokenPipeError, ConnectionResetError):
@@ -246,7 +247,8 @@ class ModelHost:
         siblings = [{"rfilename": n, "size": size_of(c), "blobId": sha256_of(c)[:40],
                      "lfs": {"sha256": self._hf_sha(repo, n), "size": size_of(c), "pointerSize": 134}}
                     for n, c in repo.files.items()]
-        body = {"id": repo_id, "modelId": repo_id, "sha": repo.commit, "siblings": siblings, "private": bool(repo.token),
+        body = {"id": repo_id, "modelId": repo_id, "sha": repo.commit, "siblings": siblings,
+                "private": bool(repo.token),
                 "tags": ["gguf"], "cardData": {"license": repo.license} if repo.license else {}}
         self._send(h, 200, json.dumps(body).encode(), head, "application/json")
 

@@ -93,7 +93,8 @@ def test_kl_divergence_of_a_requantized_smollm2_against_f16(smollm2_path, llama_
     raw = base.read_bytes()
     n_ctx, n_vocab, n_chunk = struct.unpack("<Iii", raw[8:20])
     assert raw[:8] == MAGIC and (n_ctx, n_chunk) == (N_CTX, n_chunks)
-    assert len(raw) == 20 + 4 * n_ctx * n_chunk + n_chunk * (n_ctx - 1 - n_ctx // 2) * (2 * ((n_vocab + 1) // 2) + 4) * 2
+    record = (2 * ((n_vocab + 1) // 2) + 4) * 2  # bytes per scored position
+    assert len(raw) == 20 + 4 * n_ctx * n_chunk + n_chunk * (n_ctx - 1 - n_ctx // 2) * record
 
     def kld_stats(model):
         rc, out, err = run(capsys, "-m", model, "--kl-divergence-base", base, "--kl-divergence")

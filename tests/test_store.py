@@ -32,7 +32,7 @@ def leftovers(store: Store) -> list[Path]:
     ("hf://ggml-org/gpt-oss-20b-GGUF", "huggingface", "hf://ggml-org/gpt-oss-20b-GGUF"),
     ("huggingface://ggml-org/gpt-oss-20b-GGUF:Q4_K_M", "huggingface", "hf://ggml-org/gpt-oss-20b-GGUF:Q4_K_M"),
     ("hf.co/unsloth/gemma-3-270m-it-GGUF:Q8_0", "huggingface", "hf://unsloth/gemma-3-270m-it-GGUF:Q8_0"),
-    ("hf://org/repo@v1.0/sub/model-00001-of-00002.gguf", "huggingface", "hf://org/repo@v1.0/sub/model-00001-of-00002.gguf"),
+    ("hf://org/repo@v1.0/sub/m-00001-of-00002.gguf", "huggingface", "hf://org/repo@v1.0/sub/m-00001-of-00002.gguf"),
     ("ollama://llama3.2", "ollama", "ollama://llama3.2:latest"),
     ("gpt-oss:20b", "ollama", "ollama://gpt-oss:20b"),
     ("user/model:q4", "ollama", "ollama://user/model:q4"),

@@ -70,7 +70,8 @@ def test_pull_list_show_rm(store, host):
 
     r = cli("show", "smollm2:135m")
     assert r.returncode == 0, r.stderr
-    for expected in ("ref:       ollama://smollm2:135m", "architecture               llama", "quant                      Q4_1",
+    for expected in ("ref:       ollama://smollm2:135m", "architecture               llama",
+                     "quant                      Q4_1",
                      "template (GGUF, Jinja):", "template (Ollama, Go):", "parameters:", "temperature",
                      "license:", LICENSE.decode().splitlines()[0]):
         assert expected in r.stdout, expected

@@ -46,7 +46,8 @@ def describe(path, local=None) -> dict:
              "parameters": sum(t.n_elements for t in g.tensors.values()), "parts": len(g.parts),
              "bytes": g.nbytes}
     model.update({k: _plain(md[f"{arch}.{k}"]) for k in ARCH_KEYS if f"{arch}.{k}" in md})
-    general = {k: _plain(v) for k, v in md.items() if k.startswith("general.") and not isinstance(v, (list, np.ndarray))}
+    general = {k: _plain(v) for k, v in md.items()
+               if k.startswith("general.") and not isinstance(v, (list, np.ndarray))}
     out = {"path": str(path), "model": model, "general": general,
            "template": md.get("tokenizer.chat_template"), "parameters": None, "license": md.get("general.license")}
     if local is not None:

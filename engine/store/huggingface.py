@@ -72,7 +72,8 @@ def choose(files: list[str], quant: str | None, what: str) -> list[str]:
     if quant:
         found = tagged(quant)
         if not found:
-            raise StoreError(f"{what}: no GGUF of quant {quant}; the repository has: {', '.join(quants(files)) or ', '.join(firsts)}")
+            have = ", ".join(quants(files)) or ", ".join(firsts)
+            raise StoreError(f"{what}: no GGUF of quant {quant}; the repository has: {have}")
     else:
         found = tagged(DEFAULT_QUANT) or (firsts if len(firsts) == 1 else [])
         if not found:

