@@ -342,7 +342,7 @@ class Llama3(ToolFormat):
             return {}
         call = _json_rule(_any_of([_call_schema(t, "parameters") for t in tools]))
         if choice == "auto":  # text that does not open with "{", or one call
-            return {"lark": f'start: TEXT | call\nTEXT: /[^{{](.|\\n)*/\ncall: {call}\n'}
+            return {"lark": f'start: (TEXT | call)?\nTEXT: /[^{{](.|\\n)*/\ncall: {call}\n'}
         return {"lark": f"start: call\ncall: {call}\n"}
 
     _BUILTIN = re.compile(r"\s*(\w+)\s*\.\s*call\((.*)\)\s*$", re.S)

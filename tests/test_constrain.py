@@ -161,3 +161,24 @@ def test_generate_with_json_schema_validates(engines):
 def test_unknown_sampling_argument_is_named(engines):
     with pytest.raises(TypeError, match="xtc_probabilty"):
         engines["smollm2"].generate("x", max_tokens=1, xtc_probabilty=0.5)
+
+
+def test_cli_grammar_and_json_schema_flags(smollm2_path, tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "engine", "generate", "-m", str(smollm2_path), "-t", "2", *args],
+                              cwd=root, capture_output=True, text=True, timeout=600)
+
+    gf = tmp_path / "digits.gbnf"
+    gf.write_text('root ::= [0-9]{3} "-" [0-9]{4}\n')
+    r = run("-p", "Phone:", "-n", "12", "--temp", "0", "--grammar-file", str(gf))
+    assert r.returncode == 0, r.stderr
+    assert re.fullmatch(r"[0-9]{3}-[0-9]{4}", r.stdout.strip()), r.stdout
+    r = run("-p", "x", "-j", "{not json")
+    assert r.returncode == 1 and "--json-schema is not valid JSON" in r.stderr
+    r = run("-p", "x", "-n", "4", "-j", '{"type": "object", "properties": {"a": {"type": "strin"}}}')
+    assert r.returncode == 1 and "strin" in r.stderr
