@@ -128,14 +128,14 @@ def plan_offload(gguf, backend, n_layer: int, n_gpu_layers: int | None, kv_bytes
             other["output"] += info.nbytes
         else:
             other["input"] += info.nbytes
-    first = n_layer + 1 - n
-    need = sum(per_layer[first:]) + (other["output"] if n >= 1 else 0) + (other["input"] if n == n_layer + 1 else 0)
-    if "token_embd.weight" in gguf.tensors and "output.weight" not in gguf.tensors and n >= 1:
-        need += gguf.tensors["token_embd.weight"].nbytes  # a tied output head is uploaded as the output
+    first = n_layer - min(n, n_layer)
+    output_on = n > n_layer  # the output layer counts as layer n_layer (llama.cpp)
+    # everything offloaded: the token embeddings too (once, also when they are the tied output head)
+    need = sum(per_layer[first:]) + (other["output"] + other["input"] if output_on else 0)
     budget = int(free * (1 - margin))
     if need <= budget:
         return
-    fit, total = 0, other["output"]
+    fit, total = 0, 0  # layers that fit with the output left on the host
     for i in range(n_layer - 1, -1, -1):  # the last layers go first, as llama.cpp offloads them
         total += per_layer[i]
         if total > budget:

@@ -120,9 +120,9 @@ class Placement:
         if on_device and n < n_layer + 1 and host is None:
             raise ValueError("a partial offload needs a host backend for the layers left on the CPU")
         self.main, self.host = main, host if n < n_layer + 1 else main
-        first_dev = n_layer + 1 - n  # layers >= first_dev run on `main`
+        first_dev = n_layer - min(n, n_layer)  # layers >= first_dev run on `main`
         self.layers = [main if i >= first_dev else self.host for i in range(n_layer)]
-        self.output = main if n >= 1 else self.host
+        self.output = main if n > n_layer else self.host
         self.input = main if n == n_layer + 1 else self.host
         self.n_gpu_layers = n if on_device else 0
 
