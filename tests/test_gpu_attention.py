@@ -98,6 +98,21 @@ def test_attention_matches_reference(name, mode, case):
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("n_tok", [1, 3, 20])
+def test_soft_capped_scores(name, mode, n_tok):
+    """Gemma 2's attention soft-capping: cap * tanh(q.k / cap), then the scale (both kernels)."""
+    be = device_backend(name, mode)
+    r = np.random.default_rng(11)
+    q, k, v = randn(r, n_tok, 8, 64, scale=3.0), randn(r, 60, 2, 64, scale=3.0), randn(r, 60, 2, 64)
+    q_pos = np.arange(60 - n_tok, 60)
+    kw = dict(scale=0.125, window=16, sinks=None, softcap=50.0)
+    want = ref_attention(mode, q, k, v, q_pos, **kw)
+    assert_close(be.to_numpy(be.attention(q, k, v, q_pos, **kw)), want, mode)
+    plain = ref_attention(mode, q, k, v, q_pos, scale=0.125, window=16)
+    assert np.abs(want - plain).max() > 0.1  # the cap matters at these magnitudes
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_key_and_value_dims_may_differ(name, mode):
     be = device_backend(name, mode)
     r = np.random.default_rng(3)

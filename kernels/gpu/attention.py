@@ -159,9 +159,11 @@ class AttentionOps:
         return out
 
     # ------------------------------------------------------------------ attention
-    def attention(self, q, k, v, q_pos, *, scale: float, window: int = 0, sinks=None, kv_pos=None) -> DArray:
+    def attention(self, q, k, v, q_pos, *, scale: float, window: int = 0, sinks=None, kv_pos=None,
+                  softcap: float = 0.0) -> DArray:
         """softmax(q k^T * scale, masked, sinks) v for q (n_tok, n_head, dk) against caches k, v
         (n_kv, n_head_kv, d) whose row j holds position j; q_pos int32 (n_tok,) on the device.
+        softcap > 0 caps each raw score as cap * tanh(s / cap) before the scale (Gemma 2).
         Returns (n_tok, n_head, dv) f32 on the device."""
         q = self.asarray(q)
         k, v = (a if isinstance(a, DArray) else np.asarray(a, F32) for a in (k, v))
@@ -185,9 +187,9 @@ class AttentionOps:
             return out
         window = int(window or 0)
         if n_tok <= SPLIT_MAX_TOK:
-            self._split(q, k, v, q_pos, out, float(scale), window, sinks)
+            self._split(q, k, v, q_pos, out, float(scale), window, sinks, float(softcap or 0.0))
         else:
-            self._tiled(q, k, v, q_pos, out, float(scale), window, sinks)
+            self._tiled(q, k, v, q_pos, out, float(scale), window, sinks, float(softcap or 0.0))
         return out
 
     def _device_sinks(self, sinks) -> DArray:
@@ -211,7 +213,7 @@ class AttentionOps:
             raise ValueError("attention on the device reads row j of the cache as position j: kv_pos must be None "
                              "(or arange(n_kv)); ring buffers and holes are not supported")
 
-    def _split(self, q, k, v, q_pos, out, scale, window, sinks):
+    def _split(self, q, k, v, q_pos, out, scale, window, sinks, cap=0.0):
         n_tok, n_head, dk = q.shape
         n_kv, n_head_kv, dv = v.shape
         group = n_head // n_head_kv
@@ -226,19 +228,20 @@ class AttentionOps:
         if self.half_attention:
             scores = self.empty((n_tok, n_head, n_kv))
             self.launch("attention", "attn_split_scores_f16", grid, (WG, 1, 1), q, k, q_pos, scores, part_m, part_l,
-                        *common, dk, hg, n_hsub, window, scale)
+                        *common, dk, hg, n_hsub, window, scale, cap)
             self.launch("attention", "attn_split_pv_f16", grid, (WG, 1, 1), v, q_pos, scores, part_m, part_l, sinks,
                         part_o, *common, dv, hg, n_hsub, window, sinks is not None)
         else:
             self.launch("attention", "attn_split_f32", grid, (WG, 1, 1), q, k, v, q_pos, part_o, part_m, part_l,
-                        *common, dk, dv, hg, n_hsub, window, scale)
+                        *common, dk, dv, hg, n_hsub, window, scale, cap)
         self.launch("attention", "attn_merge", (MWG, n_head, n_tok), (MWG, 1, 1), part_o, part_m, part_l, q_pos,
                     sinks, out, n_head, n_kv, n_chunks, dv, window, sinks is not None, self.half_attention)
 
-    def _tiled(self, q, k, v, q_pos, out, scale, window, sinks):
+    def _tiled(self, q, k, v, q_pos, out, scale, window, sinks, cap=0.0):
         n_tok, n_head, dk = q.shape
         n_kv, n_head_kv, dv = v.shape
         hg, n_hsub, bt, bk = tiled_geometry(n_head // n_head_kv, dk, dv)
         name = "attn_tiled_f16" if self.half_attention else "attn_tiled_f32"
         self.launch("attention", name, (-(-n_tok // bt) * WG, n_head_kv * n_hsub), (WG, 1), q, k, v, q_pos, sinks,
-                    out, n_tok, n_head, n_head_kv, n_kv, dk, dv, hg, n_hsub, bt, bk, window, scale, sinks is not None)
+                    out, n_tok, n_head, n_head_kv, n_kv, dk, dv, hg, n_hsub, bt, bk, window, scale, cap,
+                    sinks is not None)

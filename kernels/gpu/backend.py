@@ -104,7 +104,7 @@ class DeviceBackend(ProductOps, AttentionOps, GraphOps):
             self._recording.append((self.rt.zero, (buf, nbytes)))
         self.rt.zero(buf, nbytes)
 
-    def warm_up(self, families=("elementwise", "norm_rope", "moe")):
+    def warm_up(self, families=("elementwise", "norm_rope", "moe", "attention")):
         """Build the kernel families a forward pass needs now, so a broken build fails at load."""
         for fam in families:
             self.kernel(fam, next(iter(self._family_kernels(fam))))

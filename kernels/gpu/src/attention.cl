@@ -121,13 +121,20 @@ ATT_INLINE void reduce_heads(LPTR float* red, LPTR float* dst, int hg, const int
     BARRIER;
 }
 
+/* A raw score q.k as ggml's attention sees it: soft-capped first when cap > 0 (Gemma 2:
+ * cap * tanh(s / cap), as build_attn_mha without flash attention), then scaled. */
+ATT_INLINE float att_score(float d, float scale, float cap) {
+    if (cap > 0.0f) d = TANHF(d * (1.0f / cap)) * cap;
+    return d * scale;
+}
+
 /* Scores of the chunk, one thread per kv row: ss[r * ATT_CH + lid] = (q_r . k_j) * scale, or -inf
  * where row j is masked. K is staged through shared memory in slices of ATT_KS columns, read along
  * rows (coalesced) and stored transposed, so that thread j then reads its row with the other
  * threads' rows beside it (conflict-free, and vector loads for PoCL); each K row is read once for
  * all hg heads. Partial sums live in ss (private arrays must not live across barriers on PoCL). */
 ATT_INLINE void split_scores(GLOBAL const uchar* k, LPTR const float* sq, LPTR float* ss, LPTR float* skt, int g,
-                             int n_head_kv, int dk, int hg, int j0, int ja, int jb, float scale, const int is_f16) {
+                             int n_head_kv, int dk, int hg, int j0, int ja, int jb, float scale, float cap, const int is_f16) {
     int lid = LID(0);
     for (int r = 0; r < hg; ++r) ss[r * ATT_CH + lid] = 0.0f;
     for (int i0 = 0; i0 < dk; i0 += ATT_KS) {
@@ -148,7 +155,7 @@ ATT_INLINE void split_scores(GLOBAL const uchar* k, LPTR const float* sq, LPTR f
         BARRIER;
     }
     int j = j0 + lid;
-    for (int r = 0; r < hg; ++r) ss[r * ATT_CH + lid] = j >= ja && j < jb ? ss[r * ATT_CH + lid] * scale : -INFINITY;
+    for (int r = 0; r < hg; ++r) ss[r * ATT_CH + lid] = j >= ja && j < jb ? att_score(ss[r * ATT_CH + lid], scale, cap) : -INFINITY;
 }
 
 /* Per head r: the chunk's max m_r (into sst[r]) and sum l_r of exp(s - m_r) (into sst[ATT_HG + r]);
@@ -229,7 +236,7 @@ ATT_INLINE void split_pv(GLOBAL const uchar* v, LPTR const float* ss, LPTR float
  * Layouts: part_m[(t * n_head + h) * n_chunks + c], part_o[((t * n_head + h) * n_chunks + c) * dv + col]. */
 KERNEL void attn_split_f32(GLOBAL const float* q, GLOBAL const uchar* k, GLOBAL const uchar* v, GLOBAL const int* qpos,
                            GLOBAL float* part_o, GLOBAL float* part_m, GLOBAL float* part_l, int n_head, int n_head_kv,
-                           int n_kv, int dk, int dv, int hg_max, int n_hsub, int window, float scale) {
+                           int n_kv, int dk, int dv, int hg_max, int n_hsub, int window, float scale, float cap) {
     SHARED float sq[ATT_HG * ATT_DMAX];
     SHARED float ss[ATT_HG * ATT_CH];
     SHARED float red[ATT_HG * ATT_WG];
@@ -240,7 +247,7 @@ KERNEL void attn_split_f32(GLOBAL const float* q, GLOBAL const uchar* k, GLOBAL 
     int c = GRP(0), n_chunks = NGRP(0);
     load_q(q, sq, t, n_head, h0, hg, dk, 0);
     BARRIER;
-    split_scores(k, sq, ss, skt, g, n_head_kv, dk, hg, j0, ja, jb, scale, 0);
+    split_scores(k, sq, ss, skt, g, n_head_kv, dk, hg, j0, ja, jb, scale, cap, 0);
     BARRIER;
     split_stats(ss, red, sst, hg, 1);
     u64 hb = (u64)t * n_head + h0;
@@ -255,7 +262,7 @@ KERNEL void attn_split_f32(GLOBAL const float* q, GLOBAL const uchar* k, GLOBAL 
  * max and sum per head, as attn_split_f32 writes them. */
 KERNEL void attn_split_scores_f16(GLOBAL const float* q, GLOBAL const uchar* k, GLOBAL const int* qpos,
                                   GLOBAL float* scores, GLOBAL float* part_m, GLOBAL float* part_l, int n_head,
-                                  int n_head_kv, int n_kv, int dk, int hg_max, int n_hsub, int window, float scale) {
+                                  int n_head_kv, int n_kv, int dk, int hg_max, int n_hsub, int window, float scale, float cap) {
     SHARED float sq[ATT_HG * ATT_DMAX];
     SHARED float ss[ATT_HG * ATT_CH];
     SHARED float red[ATT_HG * ATT_WG];
@@ -266,7 +273,7 @@ KERNEL void attn_split_scores_f16(GLOBAL const float* q, GLOBAL const uchar* k, 
     int c = GRP(0), n_chunks = NGRP(0);
     load_q(q, sq, t, n_head, h0, hg, dk, 1);
     BARRIER;
-    split_scores(k, sq, ss, skt, g, n_head_kv, dk, hg, j0, ja, jb, scale, 1);
+    split_scores(k, sq, ss, skt, g, n_head_kv, dk, hg, j0, ja, jb, scale, cap, 1);
     BARRIER;
     u64 hb = (u64)t * n_head + h0;
     int j = j0 + LID(0);
@@ -379,7 +386,7 @@ KERNEL void attn_merge(GLOBAL const float* part_o, GLOBAL const float* part_m, G
 ATT_INLINE void tiled_pass(const int mode, GLOBAL const uchar* k, GLOBAL const uchar* v, LPTR const int* sp,
                            LPTR const float* sq, LPTR float* skv, LPTR float* ss, LPTR float* so, LPTR float* sm,
                            LPTR float* sl, LPTR float* sa, int lo, int hi, int R, int hg, int g, int n_head_kv, int dk,
-                           int dv, int bk, int window, float scale) {
+                           int dv, int bk, int window, float scale, float cap) {
     const int is_f16 = mode != TILE_FLASH;
     int lid = LID(0);
     for (int j0 = lo; j0 < hi; j0 += bk) {
@@ -396,7 +403,7 @@ ATT_INLINE void tiled_pass(const int mode, GLOBAL const uchar* k, GLOBAL const u
             for (int i = 0; i < dk; ++i) d += qr[i] * skv[i * (bk + 1) + jj];
             int p = sp[rho / hg], j = j0 + jj;
             int vis = jj < nk && j <= p && (window <= 0 || p - j < window);
-            float sc = d * scale;
+            float sc = att_score(d, scale, cap);
             if (mode == TILE_PV16)   /* the probability, normalised then rounded as ggml does */
                 ss[e] = vis ? round_f16(EXPF(sc - sm[rho]) * sl[rho]) : 0.0f;
             else
@@ -441,7 +448,7 @@ ATT_INLINE void tiled_pass(const int mode, GLOBAL const uchar* k, GLOBAL const u
 
 ATT_INLINE void tiled_body(GLOBAL const float* q, GLOBAL const uchar* k, GLOBAL const uchar* v, GLOBAL const int* qpos,
                            GLOBAL const float* sinks, GLOBAL float* out, int n_tok, int n_head, int n_head_kv, int n_kv,
-                           int dk, int dv, int hg_max, int n_hsub, int bt, int bk, int window, float scale,
+                           int dk, int dv, int hg_max, int n_hsub, int bt, int bk, int window, float scale, float cap,
                            int has_sinks, const int is_f16, LPTR float* sq, LPTR float* skv, LPTR float* ss,
                            LPTR float* so, LPTR float* sm, LPTR float* sl, LPTR float* sa, LPTR int* sp) {
     int lid = LID(0);
@@ -476,7 +483,7 @@ ATT_INLINE void tiled_body(GLOBAL const float* q, GLOBAL const uchar* k, GLOBAL 
     }
     if (is_f16) {
         tiled_pass(TILE_STATS, k, v, sp, sq, skv, ss, so, sm, sl, sa, lo, hi, R, hg, g, n_head_kv, dk, dv, bk, window,
-                   scale);
+                   scale, cap);
         for (int rho = lid; rho < R; rho += ATT_WG) {   /* M (the sink included) and 1 / sum per row */
             float m = sm[rho], l = sl[rho];
             float sink = has_sinks ? sinks[h0 + rho % hg] : -INFINITY;
@@ -488,10 +495,10 @@ ATT_INLINE void tiled_body(GLOBAL const float* q, GLOBAL const uchar* k, GLOBAL 
         }
         BARRIER;
         tiled_pass(TILE_PV16, k, v, sp, sq, skv, ss, so, sm, sl, sa, lo, hi, R, hg, g, n_head_kv, dk, dv, bk, window,
-                   scale);
+                   scale, cap);
     } else {
         tiled_pass(TILE_FLASH, k, v, sp, sq, skv, ss, so, sm, sl, sa, lo, hi, R, hg, g, n_head_kv, dk, dv, bk, window,
-                   scale);
+                   scale, cap);
     }
     for (int e = lid; e < R * dv; e += ATT_WG) {
         int rho = e / dv, tl = rho / hg;
@@ -523,18 +530,18 @@ ATT_INLINE void tiled_body(GLOBAL const float* q, GLOBAL const uchar* k, GLOBAL 
 
 KERNEL void attn_tiled_f16(GLOBAL const float* q, GLOBAL const uchar* k, GLOBAL const uchar* v, GLOBAL const int* qpos,
                            GLOBAL const float* sinks, GLOBAL float* out, int n_tok, int n_head, int n_head_kv, int n_kv,
-                           int dk, int dv, int hg_max, int n_hsub, int bt, int bk, int window, float scale,
+                           int dk, int dv, int hg_max, int n_hsub, int bt, int bk, int window, float scale, float cap,
                            int has_sinks) {
     ATT_TILED_SHARED;
-    tiled_body(q, k, v, qpos, sinks, out, n_tok, n_head, n_head_kv, n_kv, dk, dv, hg_max, n_hsub, bt, bk, window, scale,
+    tiled_body(q, k, v, qpos, sinks, out, n_tok, n_head, n_head_kv, n_kv, dk, dv, hg_max, n_hsub, bt, bk, window, scale, cap,
                has_sinks, 1, sq, skv, ss, so, sm, sl, sa, sp);
 }
 
 KERNEL void attn_tiled_f32(GLOBAL const float* q, GLOBAL const uchar* k, GLOBAL const uchar* v, GLOBAL const int* qpos,
                            GLOBAL const float* sinks, GLOBAL float* out, int n_tok, int n_head, int n_head_kv, int n_kv,
-                           int dk, int dv, int hg_max, int n_hsub, int bt, int bk, int window, float scale,
+                           int dk, int dv, int hg_max, int n_hsub, int bt, int bk, int window, float scale, float cap,
                            int has_sinks) {
     ATT_TILED_SHARED;
-    tiled_body(q, k, v, qpos, sinks, out, n_tok, n_head, n_head_kv, n_kv, dk, dv, hg_max, n_hsub, bt, bk, window, scale,
+    tiled_body(q, k, v, qpos, sinks, out, n_tok, n_head, n_head_kv, n_kv, dk, dv, hg_max, n_hsub, bt, bk, window, scale, cap,
                has_sinks, 0, sq, skv, ss, so, sm, sl, sa, sp);
 }
