@@ -2,7 +2,9 @@
 
 Products dequantize the weight with `quant` (the single source of truth for layouts) and multiply in
 float32, after rounding the activations as llama.cpp does (`quant.activations`) unless built with
-`activations="f32"`; elementwise ops and attention come from `kernels.ops_numpy`.
+`activations="f32"`; elementwise ops and attention come from `kernels.ops_numpy`. Q4_1/Q5_1 weights
+are multiplied in two parts as llama.cpp does: scaled codes by the rounded activations, block offsets
+by Q8_1's f16 block sums (`quant.activations.q8_1_block_sums`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from quant import QTensor
-from quant.activations import round_like_llama_cpp
+from quant.activations import WITH_OFFSETS, q8_1_block_sums, round_like_llama_cpp, round_q8_0, split_offsets
 
 from .base import check_activations
 
@@ -28,6 +30,13 @@ class NumpyBackend(NumpyOps):
         x = np.asarray(x, np.float32)
         return round_like_llama_cpp(x, w.qtype) if self.activations == "llama.cpp" else x
 
+    def _product(self, x, w: QTensor) -> np.ndarray:
+        """x (..., n_in) @ W.T (W 2-D) with x as llama.cpp's CPU kernels see it."""
+        if self.activations == "llama.cpp" and w.qtype in WITH_OFFSETS:
+            codes, m = split_offsets(w)
+            return round_q8_0(x) @ codes.T + q8_1_block_sums(x) @ m.T
+        return self._x_for(x, w) @ w.dequantize().T
+
     def upload(self, t: QTensor) -> QTensor:
         return t
 
@@ -37,24 +46,25 @@ class NumpyBackend(NumpyOps):
     def to_numpy(self, x) -> np.ndarray:
         return np.asarray(x)
 
-    def matmul(self, x: np.ndarray, w: QTensor) -> np.ndarray:
-        # x: (n_tok, n_in) or (n_in,) f32; w: (n_out, n_in) -> (n_tok, n_out) or (n_out,)
-        return self._x_for(x, w) @ w.dequantize().T
+    def matmul(self, x: np.ndarray, w: QTensor, bias=None) -> np.ndarray:
+        # x: (n_tok, n_in) or (n_in,) f32; w: (n_out, n_in) -> (n_tok, n_out) or (n_out,); bias (n_out,)
+        y = self._product(np.asarray(x, np.float32), w)
+        return y if bias is None else y + np.asarray(bias, np.float32)
 
-    def matmul_experts(self, x: np.ndarray, w: QTensor, ids: np.ndarray) -> np.ndarray:
+    def matmul_experts(self, x: np.ndarray, w: QTensor, ids: np.ndarray, bias=None) -> np.ndarray:
         # x: (n_tok, n_in) shared by all chosen experts, or (n_tok, n_used, n_in) one row per expert
-        # w: (n_expert, n_out, n_in); ids: (n_tok, n_used) -> (n_tok, n_used, n_out)
+        # w: (n_expert, n_out, n_in); ids: (n_tok, n_used) -> (n_tok, n_used, n_out); bias (n_expert, n_out)
         ids = np.asarray(ids)
         n_tok, n_used = ids.shape
-        x = self._x_for(x, w)
+        x = np.asarray(x, np.float32)
         if x.ndim == 2:
             x = np.broadcast_to(x[:, None, :], (n_tok, n_used, x.shape[-1]))
         out = np.empty((n_tok, n_used, w.shape[1]), np.float32)
         for e in np.unique(ids):
-            we = QTensor.from_buffer(w.qtype, w.shape[1:], w.data[e]).dequantize()
+            we = QTensor.from_buffer(w.qtype, w.shape[1:], w.data[e])
             t, u = np.nonzero(ids == e)
-            out[t, u] = x[t, u] @ we.T
-        return out
+            out[t, u] = self._product(x[t, u], we)
+        return out if bias is None else out + np.asarray(bias, np.float32)[ids]
 
     def get_rows(self, w: QTensor, ids) -> np.ndarray:
         return w.dequantize_rows(np.asarray(ids))

@@ -15,6 +15,19 @@ The x86 (AVX2/AVX-512) paths of ggml are the ones matched:
   Q8_0/Q8_1  d = amax / 127 stored as f16, q = round-half-even(x * (127 / amax))
   Q8_K       d = 1 / iscale in float32 with iscale = -127 / (the signed value of largest |x|),
              q = min(127, round-half-even(iscale * x))   (ggml's nearest_int)
+
+Q8_1 also stores a block sum, and it is not the sum of the block's values: x86 `quantize_row_q8_1`
+computes `s = f16(d32 * sum(q))` with the *unrounded* float32 scale d32 = amax / 127 (the f16 d is
+the one the values use) and the product rounded to f16. The Q4_1/Q5_1 dot products
+(`ggml_vec_dot_q4_1_q8_1`, `..._q5_1_q8_1`) take the weight offsets m through it:
+
+    w . x = sum over blocks b of  d_w[b] * d_x[b] * sum_j(q_w[j] * q_x[j])  +  m_w[b] * s[b]
+
+so a product with Q4_1/Q5_1 weights sees `s[b]` (`q8_1_block_sums`) where an exact one sees
+`sum_j d_x[b] * q_x[j]`; the difference (up to 2**-11 of |s|, times m) moved SmolLM2 Q5_1's logits
+from cosine 0.979 to 0.994 against llama.cpp's at its worst position. Backends therefore multiply
+the two parts of such weights separately: the scaled codes `d_w * q_w` by the rounded x, the
+offsets `m_w` by s (`split_offsets` gives the two parts).
 """
 
 from __future__ import annotations
@@ -49,7 +62,7 @@ def _blocks(x: np.ndarray, size: int) -> np.ndarray:
 
 
 def round_q8_0(x: np.ndarray) -> np.ndarray:
-    """Q8_0 and Q8_1 (same values; Q8_1 also stores a rounded block sum, not modelled here)."""
+    """Q8_0 and Q8_1 (same values; Q8_1's block sums: `q8_1_block_sums`)."""
     b = _blocks(np.asarray(x, np.float32), 32)
     amax = np.abs(b).max(-1, keepdims=True)
     d = (amax / np.float32(127)).astype(np.float16).astype(np.float32)
@@ -57,6 +70,38 @@ def round_q8_0(x: np.ndarray) -> np.ndarray:
         inv = np.where(amax > 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
     q = np.rint(b * inv)
     return (d * q).reshape(x.shape)
+
+
+def q8_1_block_sums(x: np.ndarray) -> np.ndarray:
+    """llama.cpp's Q8_1 block sums of x (..., n_in) -> (..., n_in / 32) float32 (values of f16s):
+    s = f16(d32 * sum(q)) with d32 = amax / 127 in float32, not the f16 d (see the module doc)."""
+    b = _blocks(np.asarray(x, np.float32), 32)
+    amax = np.abs(b).max(-1)
+    d32 = (amax / np.float32(127)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(amax > 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
+    q_sum = np.rint(b * inv[..., None]).sum(-1)                   # an exact integer, |q_sum| <= 4064
+    with np.errstate(over="ignore"):
+        return (d32 * q_sum.astype(np.float32)).astype(np.float16).astype(np.float32)
+
+
+def split_offsets(w) -> tuple[np.ndarray, np.ndarray]:
+    """The two parts of a Q4_1/Q5_1 weight (..., n_out, n_in): (d * q as float32 (..., n_out, n_in),
+    the block offsets m as float32 (..., n_out, n_in / 32)); the weight is their sum, m repeated
+    over each block's 32 elements."""
+    from .tensor import QTensor
+
+    if w.qtype not in WITH_OFFSETS:
+        raise ValueError(f"split_offsets: {GGMLType(w.qtype).name} weights have no block offsets")
+    bb = 20 if w.qtype == GGMLType.Q4_1 else 24
+    blocks = np.array(w.data).reshape(*w.shape[:-1], -1, bb)        # a copy: m is zeroed below
+    m = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
+    blocks[..., 2:4] = 0
+    return QTensor.from_buffer(w.qtype, w.shape, blocks).dequantize(), m
+
+
+# weight types whose llama.cpp dot product takes the offsets through Q8_1's block sums
+WITH_OFFSETS = (GGMLType.Q4_1, GGMLType.Q5_1)
 
 
 def round_q8_k(x: np.ndarray) -> np.ndarray:

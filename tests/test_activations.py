@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from kernels.numba_cpu import NumbaBackend
-from kernels.numba_cpu.activations import round_like_llama_cpp as fast
+from kernels.numba_cpu.activations import round_like_llama_cpp as fast, with_block_sums
 from kernels.reference import NumpyBackend
 from quant import GGMLType
-from quant.activations import VEC_DOT_TYPE, round_bf16, round_like_llama_cpp as ref, round_q8_0, round_q8_k, vec_dot_type
+from quant.activations import (VEC_DOT_TYPE, q8_1_block_sums, round_bf16, round_like_llama_cpp as ref, round_q8_0, round_q8_k,
+                               split_offsets, vec_dot_type)
 
 from qdata import random_qtensor
 
@@ -46,6 +47,45 @@ def test_q8_0_values_are_f16_scale_times_int8():
     exact_d = amax / 127
     assert (np.abs(y - b) <= exact_d * 0.5 + 127 * np.abs(d - exact_d) + 1e-30).all()
     assert not y[1 * 8:2 * 8].any()  # the zero row
+
+
+def test_q8_1_block_sums_round_the_unrounded_scale_times_the_code_sum():
+    """x86 quantize_row_q8_1: s = f16(d32 * sum(q)) with d32 = amax / 127 in float32 (not the f16 d)."""
+    x = np.zeros(32, np.float32)
+    x[:3] = [1.0, 0.3, -0.7]
+    d32 = np.float32(1.0) / np.float32(127)
+    q = np.rint(x * (np.float32(127) / np.float32(1.0)))          # 127, 38, -89
+    s = q8_1_block_sums(x)
+    assert s.shape == (1,) and s[0] == np.float32(np.float16(d32 * np.float32(q.sum())))
+    assert s[0] != round_q8_0(x).sum()                              # 76 * f16(d) is another number
+    huge = np.full(32, 3000.0, np.float32)                         # 32 * 3000 overflows f16: inf, as in C
+    assert np.isinf(q8_1_block_sums(huge)).all()
+
+
+def test_numba_block_sums_equal_reference():
+    x = awkward_rows(512)
+    out = with_block_sums(x, rounded=True)
+    np.testing.assert_array_equal(out[:, :512], round_q8_0(x))
+    np.testing.assert_array_equal(out[:, 512:], q8_1_block_sums(x))
+    exact = with_block_sums(x[0], rounded=False)                    # f32 mode: the exact sums
+    np.testing.assert_array_equal(exact[:512], x[0])
+    np.testing.assert_allclose(exact[512:], x[0].reshape(-1, 32).sum(-1), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("qtype", [GGMLType.Q4_1, GGMLType.Q5_1], ids=lambda t: t.name)
+def test_offset_weights_take_the_block_sums(qtype):
+    """Q4_1/Q5_1 products multiply the offsets m by Q8_1's f16 sums: a product computed from the
+    rounded values alone differs measurably, and both backends agree with the two-part form."""
+    w = random_qtensor(qtype, (16, 256), rng)
+    x = rng.standard_normal((3, 256)).astype(np.float32)
+    codes, m = split_offsets(w)
+    assert np.array_equal(codes + np.repeat(m, 32, axis=-1), w.dequantize())
+    want = round_q8_0(x) @ codes.T + q8_1_block_sums(x) @ m.T
+    plain = round_q8_0(x) @ w.dequantize().T
+    rel = lambda y: np.linalg.norm(y - want) / np.linalg.norm(want)  # noqa: E731
+    assert rel(plain) > 5e-6
+    for be in (NumpyBackend(), NumbaBackend()):
+        assert rel(be.matmul(x, w)) < rel(plain) / 10
 
 
 def test_q8_k_keeps_the_signed_maximum_exact_and_clamps_at_127():

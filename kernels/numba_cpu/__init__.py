@@ -4,7 +4,8 @@ Products with quantized weights (`matmul`, `matmul_experts`, `get_rows`) read th
 directly (products.py, rows_*.py); elementwise ops and attention come from `NumbaOps` (ops.py).
 Weights are used in their GGML storage layout as `upload` returns them: no repacking, no copy.
 Activations are rounded as llama.cpp rounds them (`activations="llama.cpp"`, see quant/activations.py)
-unless asked for exact float32 products (`activations="f32"`).
+unless asked for exact float32 products (`activations="f32"`); for Q4_1/Q5_1 weights they carry
+block sums (activations.for_weight).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from quant import QTensor
 from kernels.base import check_activations
 
 from . import products
-from .activations import round_like_llama_cpp
+from .activations import for_weight
 from .ops import NumbaOps
 
 
@@ -31,7 +32,7 @@ class NumbaBackend(NumbaOps):
         self.activations = check_activations(activations)
 
     def _x_for(self, x, w: QTensor):
-        return round_like_llama_cpp(x, w.qtype) if self.activations == "llama.cpp" else x
+        return for_weight(x, w.qtype, self.activations)
 
     # --- weights and transfers
 
@@ -49,11 +50,13 @@ class NumbaBackend(NumbaOps):
 
     # --- products with quantized weights
 
-    def matmul(self, x, w: QTensor) -> np.ndarray:
-        return products.matmul(self._x_for(x, w), w, self.n_threads)
+    def matmul(self, x, w: QTensor, bias=None) -> np.ndarray:
+        y = products.matmul(self._x_for(x, w), w, self.n_threads)
+        return y if bias is None else y + bias
 
-    def matmul_experts(self, x, w: QTensor, ids) -> np.ndarray:
-        return products.matmul_experts(self._x_for(x, w), w, ids, self.n_threads)
+    def matmul_experts(self, x, w: QTensor, ids, bias=None) -> np.ndarray:
+        y = products.matmul_experts(self._x_for(x, w), w, ids, self.n_threads)
+        return y if bias is None else y + np.asarray(bias, np.float32)[np.asarray(ids)]
 
     def get_rows(self, w: QTensor, ids) -> np.ndarray:
         return products.get_rows(w, ids, self.n_threads)

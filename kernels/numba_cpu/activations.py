@@ -2,6 +2,11 @@
 
 One pass over x per product (a few microseconds for a decode vector), tested against the NumPy
 reference in tests/test_activations.py.
+
+For Q4_1/Q5_1 weights (`WITH_OFFSETS`) x goes to the kernels *with block sums*: each row is its n
+rounded values followed by n / 32 sums, llama.cpp's f16 Q8_1 sums in "llama.cpp" mode and the exact
+float32 sums in "f32" mode; the kernels multiply the weights' block offsets m by them
+(quant/activations.py explains why).
 """
 
 from __future__ import annotations
@@ -12,22 +17,25 @@ import numba
 import numpy as np
 
 from quant import QK_K
-from quant.activations import BF16, F16, NONE, Q8_K, round_bf16, vec_dot_type
+from quant.activations import BF16, F16, NONE, Q8_K, WITH_OFFSETS, round_bf16, vec_dot_type
 
 _JIT = dict(nogil=True, cache=True, fastmath=False)
 
 
 @numba.njit(inline="always", **_JIT)
 def to_f16(v):
-    """float32 -> nearest f16 (ties to even) -> float32, for v >= 0 (block scales, probabilities)."""
+    """float32 -> nearest f16 (ties to even; beyond 65504 + half a step: inf) -> float32."""
     if v == 0.0 or not math.isfinite(v):
         return np.float32(v)
-    if v > 65504.0:
-        return np.float32(np.inf)
-    m, e = math.frexp(np.float64(v))          # v = m * 2**e, 0.5 <= m < 1
+    a = abs(np.float64(v))
+    m, e = math.frexp(a)                      # a = m * 2**e, 0.5 <= m < 1
     if e >= -13:                              # normal f16: 11 significant bits
-        return np.float32(math.ldexp(np.rint(math.ldexp(m, 11)), e - 11))
-    return np.float32(np.rint(np.float64(v) * 16777216.0) / 16777216.0)  # subnormal: steps of 2**-24
+        r = math.ldexp(np.rint(math.ldexp(m, 11)), e - 11)
+        if r > 65504.0:
+            r = np.inf
+    else:
+        r = np.rint(a * 16777216.0) / 16777216.0  # subnormal: steps of 2**-24
+    return np.float32(r if v > 0 else -r)
 
 
 @numba.njit(**_JIT)
@@ -44,6 +52,41 @@ def _round_q8_0(x2, out):
             inv = np.float32(127.0) / amax if amax != 0 else np.float32(0.0)
             for j in range(b, b + 32):
                 out[r, j] = d * np.float32(np.rint(x2[r, j] * inv))
+
+
+@numba.njit(**_JIT)
+def _round_q8_1(x2, out):
+    """_round_q8_0's values into out[:, :n], llama.cpp's block sums f16(d32 * sum(q)) after them."""
+    n_rows, n = x2.shape
+    for r in range(n_rows):
+        for b in range(0, n, 32):
+            amax = np.float32(0.0)
+            for j in range(b, b + 32):
+                a = abs(x2[r, j])
+                if a > amax:
+                    amax = a
+            d32 = np.float32(amax / np.float32(127.0))
+            d = to_f16(d32)
+            inv = np.float32(127.0) / amax if amax != 0 else np.float32(0.0)
+            q_sum = np.float32(0.0)               # exact: integers up to 32 * 127
+            for j in range(b, b + 32):
+                q = np.float32(np.rint(x2[r, j] * inv))
+                out[r, j] = d * q
+                q_sum += q
+            out[r, n + b // 32] = to_f16(np.float32(d32 * q_sum))
+
+
+@numba.njit(**_JIT)
+def _append_sums(x2, out):
+    """x into out[:, :n], the exact float32 sum of each block of 32 after it."""
+    n_rows, n = x2.shape
+    for r in range(n_rows):
+        for b in range(0, n, 32):
+            s = np.float32(0.0)
+            for j in range(b, b + 32):
+                out[r, j] = x2[r, j]
+                s += x2[r, j]
+            out[r, n + b // 32] = s
 
 
 @numba.njit(**_JIT)
@@ -86,3 +129,23 @@ def round_like_llama_cpp(x: np.ndarray, weight_type) -> np.ndarray:
     (_round_q8_k if kind == Q8_K else _round_q8_0)(x2, out)
     return out.reshape(x.shape)
 
+
+
+def with_block_sums(x: np.ndarray, rounded: bool) -> np.ndarray:
+    """x (..., n) -> (..., n + n / 32): the values (rounded to Q8_1 if `rounded`) then the block sums
+    the Q4_1/Q5_1 kernels take (llama.cpp's f16 Q8_1 sums if `rounded`, else exact)."""
+    x = np.ascontiguousarray(x, np.float32)
+    n = x.shape[-1]
+    if n % 32:
+        raise ValueError(f"activation rows of {n} values do not split into blocks of 32")
+    x2 = x.reshape(-1, n)
+    out = np.empty((x2.shape[0], n + n // 32), np.float32)
+    (_round_q8_1 if rounded else _append_sums)(x2, out)
+    return out.reshape(*x.shape[:-1], n + n // 32)
+
+
+def for_weight(x: np.ndarray, weight_type, activations: str) -> np.ndarray:
+    """x as the product kernels of `weight_type` take it in this activations mode ("llama.cpp" or "f32")."""
+    if weight_type in WITH_OFFSETS:
+        return with_block_sums(x, activations == "llama.cpp")
+    return round_like_llama_cpp(x, weight_type) if activations == "llama.cpp" else x

@@ -59,6 +59,7 @@ from quant import GGMLType, QTensor  # noqa: E402
 
 from ..base import KernelError  # noqa: E402
 from . import rows_float, rows_k, rows_legacy  # noqa: E402
+from .activations import with_block_sums  # noqa: E402
 from .rows_common import FM_DOT, prefetch, slp_compile_scope  # noqa: E402
 from .rows_float import tile_dot44  # noqa: E402
 
@@ -80,6 +81,10 @@ ROW_KERNELS: dict[GGMLType, tuple] = {
     GGMLType.IQ4_XS: (rows_k.dot_iq4_xs, rows_k.dequant_row_iq4_xs),
     GGMLType.MXFP4: (rows_legacy.dot_mxfp4, rows_legacy.dequant_row_mxfp4),
 }
+
+# How the batched path lays out a weight row against x's row, where that is not the dequantized row:
+# Q4_1/Q5_1 rows are (d * q, then the block offsets m) against x's (values, then block sums).
+TILE_ROWS = {GGMLType.Q4_1: rows_legacy.tile_row_q4_1, GGMLType.Q5_1: rows_legacy.tile_row_q5_1}
 
 DIRECT_MAX = 4                  # groups of up to this many tokens dot straight from the blocks
 # (a MoE prompt spreads its tokens thin: 16 tokens x top-4 of 32 experts is ~2 per expert, and
@@ -117,6 +122,11 @@ def dot_rows(qt, w3, e, r0, r1, x2, xi, out2, oi):  # pragma: no cover - overloa
 
 def dequant_range(qt, w3, e, r0, r1, out, o):  # pragma: no cover - overloaded below
     """out[o + r - r0] = dequantized w3[e, r] for r in r0..r1-1"""
+    raise NotImplementedError
+
+
+def tile_range(qt, w3, e, r0, r1, out, o):  # pragma: no cover - overloaded below
+    """out[o + r - r0] = w3[e, r] laid out for the batched path (TILE_ROWS) for r in r0..r1-1"""
     raise NotImplementedError
 
 
@@ -165,6 +175,24 @@ def _dequant_range(qt, w3, e, r0, r1, out, o):
     return impl
 
 
+@overload(tile_range, jit_options=_JIT_DEQ_ROWS)
+def _tile_range(qt, w3, e, r0, r1, out, o):
+    t = _literal_type(qt)
+    row = TILE_ROWS.get(t, ROW_KERNELS[t][1])
+
+    def impl(qt, w3, e, r0, r1, out, o):
+        row_bytes = w3.shape[2]
+        for r in range(r0, r1):
+            ahead = r + PREFETCH_ROWS
+            if ahead < r1:
+                wa = w3[e, ahead]
+                for k in range(0, row_bytes, 64):
+                    prefetch(wa, k)
+            row(w3[e, r], out[o + r - r0])
+
+    return impl
+
+
 # --- the drivers
 
 
@@ -194,7 +222,7 @@ def _make_drivers(qt: int, khash: str):
                 nr = r1 - r0
                 nr4 = (nr + 3) // 4 * 4     # rows padded to whole 4x4 blocks with zeros
                 tile = np.empty((nr4, n_in), np.float32)
-                dequant_range(qt, w3, e, r0, r1, tile, 0)
+                tile_range(qt, w3, e, r0, r1, tile, 0)
                 for i in range(nr, nr4):
                     tile[i, :] = 0.0
                 for m in range(m0, m1, 4):  # 4 tokens at a time (the last block repeats its last token)
@@ -300,8 +328,20 @@ def _prepared(w: QTensor, n_dims: int) -> tuple["_TypeDrivers", np.ndarray]:
     return p
 
 
-def _as_x(x) -> np.ndarray:
-    return _readonly(np.ascontiguousarray(x, dtype=np.float32))
+def _as_x(x, w: QTensor) -> np.ndarray:
+    """x as the kernels of w's type take it: float32, contiguous, read-only; for Q4_1/Q5_1 rows with
+    block sums appended (activations.for_weight) -- exact ones if x comes without."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n_in = w.shape[-1]
+    if w.qtype in TILE_ROWS and x.ndim and x.shape[-1] == n_in:
+        x = with_block_sums(x, rounded=False)
+    return _readonly(x)
+
+
+def _x_width(w: QTensor) -> int:
+    """Values per row of x the kernels take for w: n_in, plus n_in / 32 block sums for Q4_1/Q5_1."""
+    n_in = w.shape[-1]
+    return n_in + n_in // 32 if w.qtype in TILE_ROWS else n_in
 
 
 def _index(a) -> np.ndarray:
@@ -354,10 +394,10 @@ def matmul(x, w: QTensor, n_threads: int) -> np.ndarray:
     """y = x @ W.T for W (n_out, n_in): x (n_tok, n_in) -> (n_tok, n_out), x (n_in,) -> (n_out,)."""
     d, w3 = _prepared(w, 2)
     n_out, n_in = w.shape
-    x = _as_x(x)
-    if x.ndim not in (1, 2) or x.shape[-1] != n_in:
+    x = _as_x(x, w)
+    if x.ndim not in (1, 2) or x.shape[-1] != _x_width(w):
         raise ValueError(f"matmul: x has shape {x.shape}, weight {w.name or ''} expects (..., {n_in})")
-    x2 = x.reshape(-1, n_in)
+    x2 = x.reshape(-1, x.shape[-1])
     n_tok = x2.shape[0]
     out = np.empty((n_tok, n_out), np.float32)
     if n_tok and n_out:
@@ -379,11 +419,12 @@ def matmul_experts(x, w: QTensor, ids, n_threads: int) -> np.ndarray:
     if ids.ndim != 2 or ids.dtype.kind not in "iu":
         raise ValueError(f"matmul_experts: ids must be integers (n_tok, n_used), got {ids.dtype} {ids.shape}")
     n_tok, n_used = ids.shape
-    x = _as_x(x)
-    if x.shape == (n_tok, n_in):
+    x = _as_x(x, w)
+    n_x = _x_width(w)
+    if x.shape == (n_tok, n_x):
         x2, shared = x, True
-    elif x.shape == (n_tok, n_used, n_in):
-        x2, shared = x.reshape(n_tok * n_used, n_in), False
+    elif x.shape == (n_tok, n_used, n_x):
+        x2, shared = x.reshape(n_tok * n_used, n_x), False
     else:
         raise ValueError(f"matmul_experts: x has shape {x.shape}; "
                          f"expected ({n_tok}, {n_in}) or ({n_tok}, {n_used}, {n_in})")

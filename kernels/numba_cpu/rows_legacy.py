@@ -6,6 +6,10 @@
 Layouts (shared/reference/formats.md §2.3): byte qs[j] holds element j (low nibble) and j+16 (high
 nibble). Written in the style explained in rows_common: 16-lane loops, stack accumulator with one
 independent chain per half block (`acc[0:16]` low nibbles, `acc[16:32]` high nibbles).
+
+Q4_1/Q5_1 (`y = d * q + m`) take x with its block sums appended (numba_cpu/activations.for_weight)
+and multiply m by them, as llama.cpp multiplies m by Q8_1's f16 block sums; `tile_row_q4_1/q5_1`
+lay a row out the same way for the batched path.
 """
 
 from __future__ import annotations
@@ -83,18 +87,23 @@ def dequant_row_q4_0(w, out):
 
 @njit(**JIT_DOT)
 def dot_q4_1(w, x):
+    """x: n_in values then n_in / 32 block sums (activations.for_weight); the offsets m multiply the
+    sums, as in llama.cpp's vec_dot_q4_1_q8_1."""
     acc = carray(stack_f32(32), 32)
     zero32(acc)
-    for b in range(x.shape[0] // 32):
+    nb = w.shape[0] // 20
+    xs = x[32 * nb:33 * nb]
+    sm = np.float32(0.0)
+    for b in range(nb):
         blk = w[20 * b:20 * b + 20]
         xb = x[32 * b:32 * b + 32]
         d = f16_at(blk, 0)
-        m = f16_at(blk, 2)
         for j in range(16):
-            acc[j] += (d * np.float32(blk[4 + j] & 15) + m) * xb[j]
+            acc[j] += d * np.float32(blk[4 + j] & 15) * xb[j]
         for j in range(16):
-            acc[16 + j] += (d * np.float32(blk[4 + j] >> 4) + m) * xb[16 + j]
-    return hsum32(acc)
+            acc[16 + j] += d * np.float32(blk[4 + j] >> 4) * xb[16 + j]
+        sm += f16_at(blk, 2) * xs[b]
+    return hsum32(acc) + sm
 
 
 @njit(**JIT_DEQ)
@@ -167,26 +176,30 @@ def dequant_row_q5_0(w, out):
 
 @njit(**JIT_DOT)
 def dot_q5_1(w, x):
+    """x with block sums, as dot_q4_1."""
     acc = carray(stack_f32(32), 32)
     zero32(acc)
-    for b in range(x.shape[0] // 32):
+    nb = w.shape[0] // 24
+    xs = x[32 * nb:33 * nb]
+    sm = np.float32(0.0)
+    for b in range(nb):
         blk = w[24 * b:24 * b + 24]
         xb = x[32 * b:32 * b + 32]
         d = f16_at(blk, 0)
-        m = f16_at(blk, 2)
         h0 = HBIT16[8 * np.int64(blk[4]):8 * np.int64(blk[4]) + 8]
         h1 = HBIT16[8 * np.int64(blk[5]):8 * np.int64(blk[5]) + 8]
         h2 = HBIT16[8 * np.int64(blk[6]):8 * np.int64(blk[6]) + 8]
         h3 = HBIT16[8 * np.int64(blk[7]):8 * np.int64(blk[7]) + 8]
         for j in range(8):
-            acc[j] += (d * (np.float32(blk[8 + j] & 15) + h0[j]) + m) * xb[j]
+            acc[j] += d * (np.float32(blk[8 + j] & 15) + h0[j]) * xb[j]
         for j in range(8):
-            acc[8 + j] += (d * (np.float32(blk[16 + j] & 15) + h1[j]) + m) * xb[8 + j]
+            acc[8 + j] += d * (np.float32(blk[16 + j] & 15) + h1[j]) * xb[8 + j]
         for j in range(8):
-            acc[16 + j] += (d * (np.float32(blk[8 + j] >> 4) + h2[j]) + m) * xb[16 + j]
+            acc[16 + j] += d * (np.float32(blk[8 + j] >> 4) + h2[j]) * xb[16 + j]
         for j in range(8):
-            acc[24 + j] += (d * (np.float32(blk[16 + j] >> 4) + h3[j]) + m) * xb[24 + j]
-    return hsum32(acc)
+            acc[24 + j] += d * (np.float32(blk[16 + j] >> 4) + h3[j]) * xb[24 + j]
+        sm += f16_at(blk, 2) * xs[b]
+    return hsum32(acc) + sm
 
 
 @njit(**JIT_DEQ)
@@ -210,6 +223,54 @@ def dequant_row_q5_1(w, out):
         for j in range(8):
             v[24 + j] = d * (np.float32(blk[16 + j] >> 4) + h3[j]) + m
         store32(v, ob)
+
+
+# The batched path's rows of Q4_1/Q5_1 (products.TILE_ROWS): the scaled codes d * q, then the block
+# offsets m, to be multiplied with x's values and block sums.
+
+
+@njit(**JIT_DEQ)
+def tile_row_q4_1(w, out):
+    nb = w.shape[0] // 20
+    v = carray(stack_f32(32), 32)
+    for b in range(nb):
+        blk = w[20 * b:20 * b + 20]
+        ob = out[32 * b:32 * b + 32]
+        d = f16_at(blk, 0)
+        for j in range(16):
+            v[j] = d * np.float32(blk[4 + j] & 15)
+        for j in range(16):
+            v[16 + j] = d * np.float32(blk[4 + j] >> 4)
+        store32(v, ob)
+    om = out[32 * nb:33 * nb]
+    for b in range(nb):
+        om[b] = f16_at(w, 20 * b + 2)
+
+
+@njit(**JIT_DEQ)
+def tile_row_q5_1(w, out):
+    nb = w.shape[0] // 24
+    v = carray(stack_f32(32), 32)
+    for b in range(nb):
+        blk = w[24 * b:24 * b + 24]
+        ob = out[32 * b:32 * b + 32]
+        d = f16_at(blk, 0)
+        h0 = HBIT16[8 * np.int64(blk[4]):8 * np.int64(blk[4]) + 8]
+        h1 = HBIT16[8 * np.int64(blk[5]):8 * np.int64(blk[5]) + 8]
+        h2 = HBIT16[8 * np.int64(blk[6]):8 * np.int64(blk[6]) + 8]
+        h3 = HBIT16[8 * np.int64(blk[7]):8 * np.int64(blk[7]) + 8]
+        for j in range(8):
+            v[j] = d * (np.float32(blk[8 + j] & 15) + h0[j])
+        for j in range(8):
+            v[8 + j] = d * (np.float32(blk[16 + j] & 15) + h1[j])
+        for j in range(8):
+            v[16 + j] = d * (np.float32(blk[8 + j] >> 4) + h2[j])
+        for j in range(8):
+            v[24 + j] = d * (np.float32(blk[16 + j] >> 4) + h3[j])
+        store32(v, ob)
+    om = out[32 * nb:33 * nb]
+    for b in range(nb):
+        om[b] = f16_at(w, 24 * b + 2)
 
 
 # ---------------------------------------------------------------- Q8_0: d:f16, qs[32] int8
