@@ -153,10 +153,13 @@ class Pass:
     them (`backend.ints`, which a captured CUDA graph refills at replay), and the activations moved
     when the next layer runs on another backend."""
 
-    def __init__(self, place: Placement, tokens, n_past: int):
+    def __init__(self, place: Placement, tokens, positions):
+        """`positions`: the tokens' positions (n,), or an int: the position of the first of them."""
         self.place = place
         self._tokens = np.asarray(tokens, np.int32).reshape(-1)
-        self._pos = np.arange(n_past, n_past + len(self._tokens), dtype=np.int32)
+        if np.ndim(positions) == 0:
+            positions = np.arange(int(positions), int(positions) + len(self._tokens))
+        self._pos = np.asarray(positions, np.int32).reshape(-1)
         self._pos_on: dict[int, object] = {}
 
     def input(self):
@@ -211,6 +214,24 @@ class KVCache:
         """Write this step's k, v (n_tok, n_head_kv, d) at `pos`; return the keys/values attention reads."""
         be = self.backends[layer]
         return be.kv_store(self.k[layer], k, pos), be.kv_store(self.v[layer], v, pos)
+
+    # --- what a forward pass asks of the cache it runs in (engine/batching.BatchCache answers the same
+    # for several sequences in one pass)
+    def positions(self, n: int) -> np.ndarray:
+        return np.arange(self.n_past, self.n_past + n, dtype=np.int32)
+
+    def attend(self, layer: int, be, q, k, v, pos, **kw):
+        """k, v into the cache at `pos`, then attention of q over what the cache holds."""
+        keys, values = self.store(layer, k, v, pos)
+        return be.attention(q, keys, values, pos, **kw)
+
+    def advance(self, n: int):
+        self.n_past += n
+
+    @staticmethod
+    def logit_rows(h, last_only: bool):
+        """The rows whose logits the pass returns: the last token's, or all."""
+        return h[-1:] if last_only else h
 
     def truncate(self, n: int):
         """Forget positions >= n (prefix reuse: keep a shared prompt prefix, recompute the rest)."""
@@ -322,7 +343,7 @@ def load_qkv(w: Weights, i: int, p: DecoderParams) -> QKV:
 
 
 def attend(be, cache: KVCache, i: int, q, k, v, pos, rope, *, scale: float, q_scale: float | None = None,
-           window: int = 0, softcap: float = 0.0):
+           window: int = 0, softcap: float = 0.0, sinks=None):
     """RoPE on q and k, k and v into layer i's cache, attention over it: (n, n_head * head_dim).
     `q_scale` multiplies q after RoPE (Phi-3, Gemma 2 scale Q there and attend with scale 1, so the
     f16 rounding of Q in llama.cpp's attention sees the scaled values); `softcap` is Gemma 2's
@@ -330,9 +351,10 @@ def attend(be, cache: KVCache, i: int, q, k, v, pos, rope, *, scale: float, q_sc
     q, k = be.rope(q, pos, rope), be.rope(k, pos, rope)
     if q_scale is not None:
         q = q * np.float32(q_scale)
-    keys, values = cache.store(i, k, v, pos)
     extra = {"softcap": softcap} if softcap else {}
-    o = be.attention(q, keys, values, pos, scale=scale, window=window, **extra)
+    if sinks is not None:
+        extra["sinks"] = sinks
+    o = cache.attend(i, be, q, k, v, pos, scale=scale, window=window, **extra)
     return o.reshape(q.shape[0], -1)
 
 
@@ -380,15 +402,14 @@ class DecoderModel:
         with `embeddings` the output-normed hidden states (llama.cpp's t_embd) instead."""
         n = len(tokens)
         cache.check_room(n)
-        run = Pass(self.place, tokens, cache.n_past)
+        run = Pass(self.place, tokens, cache.positions(n))
         be, tok = run.input()
         h = self.embed(be, tok)                                                   # (n, n_embd)
         for i, L in enumerate(self.w.blk):
             be, h, pos = run.layer(i, h)
             h = self.layer(be, i, L, h, pos, cache)
-        cache.n_past += n
+        cache.advance(n)
         be, h = run.output(h)
-        if last_only:
-            h = h[-1:]
+        h = cache.logit_rows(h, last_only)
         h = be.rms_norm(h, self.w.output_norm, self.p.rms_eps)
         return h if embeddings else self.logits(be, h)

@@ -15,7 +15,7 @@ import numpy as np
 from engine.gguf_file import GGUF
 from kernels import RopeParams
 
-from .common import KVCache, Pass, Placement, Weights, gated_ffn, swa_layers_from_gguf
+from .common import DecoderModel, attend, gated_ffn, swa_layers_from_gguf
 from .llama import rope_params_from_gguf
 
 
@@ -58,53 +58,28 @@ class Params:
         )
 
 
-class Model:
-    def __init__(self, gguf: GGUF, backend, place: Placement | None = None):
-        self.p = p = Params.from_gguf(gguf)
-        self.place = place or Placement(backend, p.n_layer)
-        self.w = w = Weights(gguf, self.place, p.n_layer)
-        self.token_embd = w.get("token_embd.weight")
-        self.output = w.output if w.has("output") else w.get("token_embd.weight", self.place.output)
-        for blk in w.blk:  # prepare every layer's weights now, not on the first token
-            for name in ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "attn_q_norm", "attn_k_norm",
-                         "post_attention_norm", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down", "post_ffw_norm"):
-                getattr(blk, name)
-        w.output_norm
+class Model(DecoderModel):
+    Params = Params
 
-    def new_cache(self, n_ctx: int) -> KVCache:
+    def load_layer(self, i: int, L) -> None:
+        for name in ("attn_norm", "attn_output", "attn_q_norm", "attn_k_norm", "post_attention_norm", "ffn_norm",
+                     "ffn_gate", "ffn_up", "ffn_down", "post_ffw_norm"):
+            getattr(L, name)
+
+    def embed(self, be, tok):
+        return be.get_rows(self.token_embd, tok) * np.float32(np.sqrt(self.p.n_embd))
+
+    def layer(self, be, i: int, L, h, pos, cache):
         p = self.p
-        return KVCache(self.place, p.n_layer, n_ctx, p.n_head_kv, p.head_dim, p.head_dim)
+        local = p.swa_layers[i]
+        q, k, v = self.qkv[i].project(be, be.rms_norm(h, L.attn_norm, p.rms_eps), p)
+        q, k = be.rms_norm(q, L.attn_q_norm, p.rms_eps), be.rms_norm(k, L.attn_k_norm, p.rms_eps)
+        o = attend(be, cache, i, q, k, v, pos, p.rope_local if local else p.rope_global, scale=1.0,
+                   q_scale=p.attn_scale, window=p.n_swa if local else 0)
+        h = h + be.rms_norm(be.matmul(o, L.attn_output), L.post_attention_norm, p.rms_eps)
+        f = gated_ffn(be, be.rms_norm(h, L.ffn_norm, p.rms_eps), L.ffn_gate, L.ffn_up, L.ffn_down, "geglu")
+        return h + be.rms_norm(f, L.post_ffw_norm, p.rms_eps)
 
-    def forward(self, tokens, cache: KVCache, last_only: bool = True, embeddings: bool = False):
-        """Run `tokens` (n_tok,) at cache positions n_past..; return logits (1 or n_tok, n_vocab), or
-        with `embeddings` the output-normed hidden states (llama.cpp's t_embd) instead."""
-        p, w = self.p, self.w
-        n = len(tokens)
-        cache.check_room(n)
-        run = Pass(self.place, tokens, cache.n_past)
-        be, tok = run.input()
-        h = be.get_rows(self.token_embd, tok) * np.float32(np.sqrt(p.n_embd))
-        for i, L in enumerate(w.blk):
-            be, h, pos = run.layer(i, h)
-            local = p.swa_layers[i]
-            rope = p.rope_local if local else p.rope_global
-            a = be.rms_norm(h, L.attn_norm, p.rms_eps)
-            q = be.rms_norm(be.matmul(a, L.attn_q).reshape(n, p.n_head, p.head_dim), L.attn_q_norm, p.rms_eps)
-            k = be.rms_norm(be.matmul(a, L.attn_k).reshape(n, p.n_head_kv, p.head_dim), L.attn_k_norm, p.rms_eps)
-            v = be.matmul(a, L.attn_v).reshape(n, p.n_head_kv, p.head_dim)
-            q, k = be.rope(q, pos, rope), be.rope(k, pos, rope)
-            keys, values = cache.store(i, k, v, pos)
-            o = be.attention(q * np.float32(p.attn_scale), keys, values, pos, scale=1.0,
-                             window=p.n_swa if local else 0)
-            h = h + be.rms_norm(be.matmul(o.reshape(n, -1), L.attn_output), L.post_attention_norm, p.rms_eps)
-            f = gated_ffn(be, be.rms_norm(h, L.ffn_norm, p.rms_eps), L.ffn_gate, L.ffn_up, L.ffn_down, "geglu")
-            h = h + be.rms_norm(f, L.post_ffw_norm, p.rms_eps)
-        cache.n_past += n
-        be, h = run.output(h)
-        if last_only:
-            h = h[-1:]
-        h = be.rms_norm(h, w.output_norm, p.rms_eps)
-        if embeddings:
-            return h
-        logits = be.matmul(h, self.output)
-        return be.softcap(logits, p.final_softcap) if p.final_softcap else logits
+    def logits(self, be, h):
+        logits = super().logits(be, h)
+        return be.softcap(logits, self.p.final_softcap) if self.p.final_softcap else logits

@@ -20,7 +20,7 @@ import numpy as np
 from engine.gguf_file import GGUF
 from kernels import RopeParams
 
-from .common import KVCache, Pass, Placement, Weights, swa_layers_from_gguf
+from .common import DecoderModel, attend, swa_layers_from_gguf
 from .llama import rope_params_from_gguf
 
 ARCH = "gpt-oss"
@@ -66,58 +66,26 @@ class Params:
         )
 
 
-class Model:
-    def __init__(self, gguf: GGUF, backend, place: Placement | None = None):
-        self.p = p = Params.from_gguf(gguf)
-        self.place = place or Placement(backend, p.n_layer)
-        self.w = w = Weights(gguf, self.place, p.n_layer)
-        self.router_trace: list | None = None  # set to [] to record each layer's routing margins
-        self.token_embd = w.get("token_embd.weight")
-        self.output = w.output if w.has("output") else w.get("token_embd.weight", self.place.output)
+class Model(DecoderModel):
+    Params = Params
+    router_trace: list | None = None  # set to [] to record each layer's routing margins
+
+    def load_layer(self, i: int, L) -> None:
+        for name in ("attn_norm", "attn_output", "attn_output_bias", "attn_sinks", "post_attention_norm",
+                     "ffn_gate_inp", "ffn_gate_inp_bias", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"):
+            getattr(L, name)
         # expert biases are 2-D (n_expert, n): float arrays the expert products gather by chosen id
-        self.exp_bias = [{name: w.floats(f"blk.{i}.{name}.bias")
-                          for name in ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")} for i in range(p.n_layer)]
-        for blk in w.blk:  # prepare every layer's weights now, not on the first token
-            for name in ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "attn_q_bias", "attn_k_bias",
-                         "attn_v_bias", "attn_output_bias", "attn_sinks", "post_attention_norm", "ffn_gate_inp",
-                         "ffn_gate_inp_bias", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"):
-                getattr(blk, name)
-        w.output_norm
+        bias = {name: self.w.floats(f"blk.{i}.{name}.bias") for name in ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")}
+        self.__dict__.setdefault("exp_bias", []).append(bias)
 
-    def new_cache(self, n_ctx: int) -> KVCache:
+    def layer(self, be, i: int, L, h, pos, cache):
         p = self.p
-        return KVCache(self.place, p.n_layer, n_ctx, p.n_head_kv, p.head_dim, p.head_dim)
-
-    def forward(self, tokens, cache: KVCache, last_only: bool = True, embeddings: bool = False):
-        """Run `tokens` (n_tok,) at cache positions n_past..; return logits (1 or n_tok, n_vocab), or
-        with `embeddings` the output-normed hidden states (llama.cpp's t_embd) instead."""
-        p, w = self.p, self.w
-        n = len(tokens)
-        cache.check_room(n)
-        run = Pass(self.place, tokens, cache.n_past)
-        be, tok = run.input()
-        h = be.get_rows(self.token_embd, tok)
-        scale = 1.0 / np.sqrt(p.head_dim)
-        for i, L in enumerate(w.blk):
-            be, h, pos = run.layer(i, h)
-            local = p.swa_layers[i]
-            rope = p.rope_swa if local else p.rope
-            a = be.rms_norm(h, L.attn_norm, p.rms_eps)
-            q = be.matmul(a, L.attn_q, L.attn_q_bias).reshape(n, p.n_head, p.head_dim)
-            k = be.matmul(a, L.attn_k, L.attn_k_bias).reshape(n, p.n_head_kv, p.head_dim)
-            v = be.matmul(a, L.attn_v, L.attn_v_bias).reshape(n, p.n_head_kv, p.head_dim)
-            q, k = be.rope(q, pos, rope), be.rope(k, pos, rope)
-            keys, values = cache.store(i, k, v, pos)
-            o = be.attention(q, keys, values, pos, scale=scale, window=p.n_swa if local else 0, sinks=L.attn_sinks)
-            h = h + be.matmul(o.reshape(n, p.n_head * p.head_dim), L.attn_output, L.attn_output_bias)
-            f = be.rms_norm(h, L.post_attention_norm, p.rms_eps)
-            h = h + self._experts(be, f, L, self.exp_bias[i])
-        cache.n_past += n
-        be, h = run.output(h)
-        if last_only:
-            h = h[-1:]
-        h = be.rms_norm(h, w.output_norm, p.rms_eps)
-        return h if embeddings else be.matmul(h, self.output)
+        local = p.swa_layers[i]
+        q, k, v = self.qkv[i].project(be, be.rms_norm(h, L.attn_norm, p.rms_eps), p)
+        o = attend(be, cache, i, q, k, v, pos, p.rope_swa if local else p.rope, scale=1.0 / np.sqrt(p.head_dim),
+                   window=p.n_swa if local else 0, sinks=L.attn_sinks)
+        h = h + be.matmul(o, L.attn_output, L.attn_output_bias)
+        return h + self._experts(be, be.rms_norm(h, L.post_attention_norm, p.rms_eps), L, self.exp_bias[i])
 
     def _experts(self, be, x, L, bias):
         """llama.cpp build_moe_ffn with LLAMA_EXPERT_GATING_FUNC_TYPE_SOFTMAX_WEIGHT and SWIGLU_OAI."""

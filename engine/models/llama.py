@@ -6,14 +6,14 @@ converter, so RoPE is the "normal" (adjacent pairs) kind.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from engine.gguf_file import GGUF
 from kernels import RopeParams
 
-from .common import KVCache, Pass, Placement, Weights, gated_ffn, moe_ffn
+from .common import DecoderModel, Placement, attend, gated_ffn, moe_ffn
 
 
 @dataclass(frozen=True)
@@ -75,60 +75,32 @@ def rope_params_from_gguf(g: GGUF, prefix: str, *, n_dims: int, mode: str, freq_
     )
 
 
-class Model:
+class Model(DecoderModel):
+    Params = Params
+
     def __init__(self, gguf: GGUF, backend, place: Placement | None = None):
-        self.p = p = Params.from_gguf(gguf)
-        self.place = place or Placement(backend, p.n_layer)
-        self.w = w = Weights(gguf, self.place, p.n_layer)
-        if w.has("rope_freqs"):  # llama 3 frequency factors, per rotated pair
-            ff = w.raw("rope_freqs.weight").dequantize()
-            p = self.p = Params(**{**p.__dict__, "rope": RopeParams(**{**p.rope.__dict__, "freq_factors": ff})})
-        self.token_embd = w.get("token_embd.weight")
-        self.output = w.output if w.has("output") else w.get("token_embd.weight", self.place.output)  # tied head
-        self.moe = p.n_expert > 0
-        for blk in w.blk:  # prepare every layer's weights now, not on the first token
-            for name in ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm"):
-                getattr(blk, name)
-            for name in ("attn_q_bias", "attn_k_bias", "attn_v_bias", "attn_output_bias"):
-                blk.get(name)
-            names = ("ffn_gate_inp", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps") if self.moe else \
-                ("ffn_gate", "ffn_up", "ffn_down")
-            for name in names:
-                getattr(blk, name)
-        w.output_norm
+        super().__init__(gguf, backend, place)
+        if self.w.has("rope_freqs"):  # llama 3 frequency factors, per rotated pair
+            ff = self.w.raw("rope_freqs.weight").dequantize()
+            self.p = replace(self.p, rope=replace(self.p.rope, freq_factors=ff))
 
-    def new_cache(self, n_ctx: int) -> KVCache:
+    @property
+    def moe(self) -> bool:
+        return self.p.n_expert > 0
+
+    def load_layer(self, i: int, L) -> None:
+        names = ("ffn_gate_inp", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps") if self.p.n_expert else \
+            ("ffn_gate", "ffn_up", "ffn_down")
+        for name in ("attn_norm", "attn_output", "ffn_norm", *names):
+            getattr(L, name)
+        L.get("attn_output_bias")
+
+    def layer(self, be, i: int, L, h, pos, cache):
         p = self.p
-        return KVCache(self.place, p.n_layer, n_ctx, p.n_head_kv, p.head_dim, p.head_dim)
-
-    def forward(self, tokens, cache: KVCache, last_only: bool = True, embeddings: bool = False):
-        """Run `tokens` (n_tok,) at cache positions n_past..; return logits (1 or n_tok, n_vocab), or
-        with `embeddings` the output-normed hidden states (llama.cpp's t_embd) instead."""
-        p, w = self.p, self.w
-        n = len(tokens)
-        cache.check_room(n)
-        run = Pass(self.place, tokens, cache.n_past)
-        be, tok = run.input()
-        h = be.get_rows(self.token_embd, tok)                                     # (n, n_embd)
-        for i, L in enumerate(w.blk):
-            be, h, pos = run.layer(i, h)
-            a = be.rms_norm(h, L.attn_norm, p.rms_eps)
-            q = be.matmul(a, L.attn_q, L.get("attn_q_bias")).reshape(n, p.n_head, p.head_dim)
-            k = be.matmul(a, L.attn_k, L.get("attn_k_bias")).reshape(n, p.n_head_kv, p.head_dim)
-            v = be.matmul(a, L.attn_v, L.get("attn_v_bias")).reshape(n, p.n_head_kv, p.head_dim)
-            q, k = be.rope(q, pos, p.rope), be.rope(k, pos, p.rope)
-            keys, values = cache.store(i, k, v, pos)
-            o = be.attention(q, keys, values, pos, scale=1.0 / np.sqrt(p.head_dim))
-            h = h + be.matmul(o.reshape(n, p.n_head * p.head_dim), L.attn_output, L.get("attn_output_bias"))
-            f = be.rms_norm(h, L.ffn_norm, p.rms_eps)
-            if self.moe:
-                h = h + moe_ffn(be, f, L.ffn_gate_inp, L.ffn_gate_exps, L.ffn_up_exps, L.ffn_down_exps,
-                                p.n_expert_used)
-            else:
-                h = h + gated_ffn(be, f, L.ffn_gate, L.ffn_up, L.ffn_down)
-        cache.n_past += n
-        be, h = run.output(h)
-        if last_only:
-            h = h[-1:]
-        h = be.rms_norm(h, w.output_norm, p.rms_eps)
-        return h if embeddings else be.matmul(h, self.output)
+        q, k, v = self.qkv[i].project(be, be.rms_norm(h, L.attn_norm, p.rms_eps), p)
+        o = attend(be, cache, i, q, k, v, pos, p.rope, scale=1.0 / np.sqrt(p.head_dim))
+        h = h + be.matmul(o, L.attn_output, L.get("attn_output_bias"))
+        f = be.rms_norm(h, L.ffn_norm, p.rms_eps)
+        if self.moe:
+            return h + moe_ffn(be, f, L.ffn_gate_inp, L.ffn_gate_exps, L.ffn_up_exps, L.ffn_down_exps, p.n_expert_used)
+        return h + gated_ffn(be, f, L.ffn_gate, L.ffn_up, L.ffn_down)
