@@ -49,9 +49,13 @@ class Backend(Protocol):
 
     def ints(self, x, slot: str | None = None) -> Any: ...  # int32 inputs (token ids, positions); see kernels/gpu/graphs.py
 
-    # --- products with quantized weights (y = x @ W.T [+ bias])
-    def matmul(self, x, w, bias=None) -> Any: ...           # (n_tok, n_in) x (n_out, n_in) -> (n_tok, n_out)
-    def matmul_experts(self, x, w, ids, bias=None) -> Any: ...  # (n_tok, n_in|n_used*n_in) -> (n_tok, n_used, n_out)
+    # --- products with quantized weights (y = x @ W.T [+ bias]). `path` groups the tokens of a batched
+    # pass (engine/batching.py): "rows" for decode tokens, "tiles" for prompt tokens, None as the size
+    # suggests; where `batch_invariant` is True a fixed path gives each row exactly what it gives alone.
+    batch_invariant: bool
+    def matmul(self, x, w, bias=None, path=None) -> Any: ...  # (n_tok, n_in) x (n_out, n_in) -> (n_tok, n_out)
+    def matmul_experts(self, x, w, ids, bias=None, path=None) -> Any: ...  # -> (n_tok, n_used, n_out)
+    def concat_rows(self, parts) -> Any: ...                 # stacked along the first axis
     def get_rows(self, w, ids) -> Any: ...                  # embedding lookup -> (len(ids), n_in) f32
 
     # --- KV cache: rows are positions; the device backends write in place from device positions

@@ -179,6 +179,8 @@ class NumpyOps:
     """Elementwise ops and attention on float32 NumPy arrays (mixin of the NumPy backend)."""
 
     activations = "f32"
+    # matmul(..., path="rows"|"tiles") computes each row as in a call of any other size (engine/batching.py)
+    batch_invariant = True
 
     @property
     def half_attention(self) -> bool:
@@ -193,6 +195,10 @@ class NumpyOps:
         return np.asarray(x, F32).astype(np.float16).astype(F32)
 
     # --- the forward pass's plumbing: inputs, KV cache, routing (host arrays on the CPU backends)
+
+    def concat_rows(self, parts) -> np.ndarray:
+        """Arrays stacked along the first axis (the rows of several sequences in one batched pass)."""
+        return parts[0] if len(parts) == 1 else np.concatenate([np.asarray(a) for a in parts])
 
     def ints(self, x, slot: str | None = None) -> np.ndarray:
         """int32 inputs of a forward pass (token ids, positions); `slot` matters to graph capture only."""

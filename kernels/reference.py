@@ -30,8 +30,12 @@ class NumpyBackend(NumpyOps):
         x = np.asarray(x, np.float32)
         return round_like_llama_cpp(x, w.qtype) if self.activations == "llama.cpp" else x
 
-    def _product(self, x, w: QTensor) -> np.ndarray:
-        """x (..., n_in) @ W.T (W 2-D) with x as llama.cpp's CPU kernels see it."""
+    def _product(self, x, w: QTensor, path=None) -> np.ndarray:
+        """x (..., n_in) @ W.T (W 2-D) with x as llama.cpp's CPU kernels see it. With a `path` (a batched
+        pass, engine/batching.py) one row at a time, so that no row depends on the others (BLAS picks
+        different kernels for one row and for many)."""
+        if path is not None and x.ndim == 2 and len(x) > 1:
+            return np.stack([self._product(r[None], w)[0] for r in x])
         if self.activations == "llama.cpp" and w.qtype in WITH_OFFSETS:
             codes, m = split_offsets(w)
             return round_q8_0(x) @ codes.T + q8_1_block_sums(x) @ m.T
@@ -46,12 +50,12 @@ class NumpyBackend(NumpyOps):
     def to_numpy(self, x) -> np.ndarray:
         return np.asarray(x)
 
-    def matmul(self, x: np.ndarray, w: QTensor, bias=None) -> np.ndarray:
+    def matmul(self, x: np.ndarray, w: QTensor, bias=None, path=None) -> np.ndarray:
         # x: (n_tok, n_in) or (n_in,) f32; w: (n_out, n_in) -> (n_tok, n_out) or (n_out,); bias (n_out,)
-        y = self._product(np.asarray(x, np.float32), w)
+        y = self._product(np.asarray(x, np.float32), w, path)
         return y if bias is None else y + np.asarray(bias, np.float32)
 
-    def matmul_experts(self, x: np.ndarray, w: QTensor, ids: np.ndarray, bias=None) -> np.ndarray:
+    def matmul_experts(self, x: np.ndarray, w: QTensor, ids: np.ndarray, bias=None, path=None) -> np.ndarray:
         # x: (n_tok, n_in) shared by all chosen experts, or (n_tok, n_used, n_in) one row per expert
         # w: (n_expert, n_out, n_in); ids: (n_tok, n_used) -> (n_tok, n_used, n_out); bias (n_expert, n_out)
         ids = np.asarray(ids)
@@ -63,7 +67,7 @@ class NumpyBackend(NumpyOps):
         for e in np.unique(ids):
             we = QTensor.from_buffer(w.qtype, w.shape[1:], w.data[e])
             t, u = np.nonzero(ids == e)
-            out[t, u] = self._product(x[t, u], we)
+            out[t, u] = self._product(x[t, u], we, path)
         return out if bias is None else out + np.asarray(bias, np.float32)[ids]
 
     def get_rows(self, w: QTensor, ids) -> np.ndarray:

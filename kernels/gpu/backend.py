@@ -43,6 +43,7 @@ def _round_up(n: int, m: int) -> int:
 class DeviceBackend(ProductOps, AttentionOps, GraphOps):
     name = "device"
     is_device = True
+    batch_invariant = False  # a batched step's rows may round differently from one sequence alone (see matmul)
 
     def __init__(self, runtime, n_threads: int | None = None, activations: str = "llama.cpp"):
         self.rt = runtime
@@ -154,6 +155,22 @@ class DeviceBackend(ProductOps, AttentionOps, GraphOps):
         row = x.nbytes // max(x.shape[0], 1)
         out = DArray(self, self.rt.alloc(row * (stop - start)), (stop - start, *x.shape[1:]), x.dtype)
         self.copy_bytes(out.buf, x.buf, row * (stop - start), 0, row * start)
+        return out
+
+    def concat_rows(self, parts) -> DArray:
+        """Arrays stacked along the first axis, one device copy each (a batched pass's sequences)."""
+        parts = [self.asarray(a) for a in parts]
+        if len(parts) == 1:
+            return parts[0]
+        tail = parts[0].shape[1:]
+        if any(a.shape[1:] != tail or a.dtype != parts[0].dtype for a in parts):
+            raise ValueError(f"concat_rows: parts of shapes {[a.shape for a in parts]} do not stack")
+        out = self.empty((sum(a.shape[0] for a in parts), *tail), parts[0].dtype)
+        at = 0
+        for a in parts:
+            if a.nbytes:
+                self.copy_bytes(out.buf, a.buf, a.nbytes, at, 0)
+            at += a.nbytes
         return out
 
     def sync(self):

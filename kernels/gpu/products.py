@@ -150,8 +150,10 @@ class ProductOps:
             self.activations = saved
 
     # ------------------------------------------------------------------ products
-    def matmul(self, x, w, bias=None) -> DArray:
-        """y = x @ W.T (+ bias): x (n_tok, n_in) or (n_in,), w (n_out, n_in) -> (n_tok, n_out) or (n_out,)."""
+    def matmul(self, x, w, bias=None, path=None) -> DArray:
+        """y = x @ W.T (+ bias): x (n_tok, n_in) or (n_in,), w (n_out, n_in) -> (n_tok, n_out) or (n_out,).
+        `path` (the CPU's token grouping, kernels/numba_cpu/products.PATHS) is accepted and not used: the
+        device kernels are not batch-invariant (`batch_invariant = False`), which /props reports."""
         w = self._weight(w)
         if len(w.shape) != 2:
             raise ValueError(f"matmul: weight of shape {w.shape} (expected (n_out, n_in))")
@@ -165,7 +167,7 @@ class ProductOps:
             self._product(x2, w, bias, y, n_tok, n_out, n_in, experts=None)
         return y.reshape(n_out) if one_d else y
 
-    def matmul_experts(self, x, w, ids, bias=None) -> DArray:
+    def matmul_experts(self, x, w, ids, bias=None, path=None) -> DArray:
         """y[t, u] = x[t] (or x[t, u]) @ W[ids[t, u]].T (+ bias[ids[t, u]]).
 
         x (n_tok, n_in) shared by the slots, or (n_tok, n_used, n_in) one row per slot; w (n_expert,

@@ -50,12 +50,12 @@ class NumbaBackend(NumbaOps):
 
     # --- products with quantized weights
 
-    def matmul(self, x, w: QTensor, bias=None) -> np.ndarray:
-        y = products.matmul(self._x_for(x, w), w, self.n_threads)
+    def matmul(self, x, w: QTensor, bias=None, path=None) -> np.ndarray:
+        y = products.matmul(self._x_for(x, w), w, self.n_threads, path)
         return y if bias is None else y + bias
 
-    def matmul_experts(self, x, w: QTensor, ids, bias=None) -> np.ndarray:
-        y = products.matmul_experts(self._x_for(x, w), w, ids, self.n_threads)
+    def matmul_experts(self, x, w: QTensor, ids, bias=None, path=None) -> np.ndarray:
+        y = products.matmul_experts(self._x_for(x, w), w, ids, self.n_threads, path)
         return y if bias is None else y + np.asarray(bias, np.float32)[np.asarray(ids)]
 
     def get_rows(self, w: QTensor, ids) -> np.ndarray:

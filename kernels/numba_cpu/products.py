@@ -382,16 +382,43 @@ def _one_group(n_tok: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return v
 
 
-def _group_work(n_out: int, n_in: int, counts) -> int:
+def _group_work(n_out: int, n_in: int, counts, direct_max: int = DIRECT_MAX) -> int:
     """Multiply-adds, counting a dequantized row as 4 token-rows' worth."""
-    return int(sum(n_out * n_in * (c if c <= DIRECT_MAX else c + 4) for c in counts))
+    return int(sum(n_out * n_in * (c if c <= direct_max else c + 4) for c in counts))
 
 
 # --- products
 
 
-def matmul(x, w: QTensor, n_threads: int) -> np.ndarray:
-    """y = x @ W.T for W (n_out, n_in): x (n_tok, n_in) -> (n_tok, n_out), x (n_in,) -> (n_out,)."""
+# How a call's tokens are grouped (`path`): None groups them as their number suggests (up to DIRECT_MAX
+# tokens dot from the blocks, more share dequantized tiles); "rows" always dots from the blocks in groups
+# of up to DIRECT_MAX, "tiles" always goes through tiles. Either fixed path computes each token's row
+# exactly as it would in a call of any other size (the batch invariance engine/batching.py relies on:
+# a decode token's row does not depend on what else is in the step).
+PATHS = (None, "rows", "tiles")
+
+
+def _grouping(g_off: np.ndarray, path) -> tuple[np.ndarray, np.ndarray, int]:
+    """(index of each group's expert, group offsets, direct_max) for `path` over groups `g_off`:
+    "rows" splits every group into pieces of at most DIRECT_MAX tokens."""
+    if path not in PATHS:
+        raise ValueError(f"unknown product path {path!r}; known: rows, tiles")
+    n_groups = len(g_off) - 1
+    if path == "tiles":
+        return np.arange(n_groups), g_off, 0
+    if path is None or (np.diff(g_off) <= DIRECT_MAX).all():
+        return np.arange(n_groups), g_off, DIRECT_MAX
+    which, offs = [], [0]
+    for g in range(n_groups):
+        for a in range(int(g_off[g]), int(g_off[g + 1]), DIRECT_MAX):
+            which.append(g)
+            offs.append(min(a + DIRECT_MAX, int(g_off[g + 1])))
+    return np.asarray(which), np.asarray(offs, np.int64), DIRECT_MAX
+
+
+def matmul(x, w: QTensor, n_threads: int, path=None) -> np.ndarray:
+    """y = x @ W.T for W (n_out, n_in): x (n_tok, n_in) -> (n_tok, n_out), x (n_in,) -> (n_out,).
+    `path`: how the tokens are grouped (PATHS)."""
     d, w3 = _prepared(w, 2)
     n_out, n_in = w.shape
     x = _as_x(x, w)
@@ -401,14 +428,20 @@ def matmul(x, w: QTensor, n_threads: int) -> np.ndarray:
     n_tok = x2.shape[0]
     out = np.empty((n_tok, n_out), np.float32)
     if n_tok and n_out:
-        nt = _threads_for(n_out * n_in * (n_tok if n_tok <= DIRECT_MAX else n_tok + 4), n_threads)
         g_exp, g_off, members = _one_group(n_tok)
-        chunk = _chunk_rows(n_out, n_in, 1, n_tok > DIRECT_MAX, nt)
-        d.groups(w3, x2, g_exp, g_off, members, members, out, chunk, DIRECT_MAX)
+        if path is not None:
+            which, offs, direct_max = _grouping(g_off, path)
+            g_exp, g_off = _index(np.zeros(len(which))), _index(offs)
+        else:
+            direct_max = DIRECT_MAX
+        tiled = int(np.diff(g_off).max()) > direct_max
+        nt = _threads_for(n_out * n_in * (n_tok + 4 * (len(g_off) - 1) * tiled), n_threads)
+        chunk = _chunk_rows(n_out, n_in, len(g_off) - 1, tiled, nt)
+        d.groups(w3, x2, g_exp, g_off, members, members, out, chunk, direct_max)
     return out.reshape(n_out) if x.ndim == 1 else out
 
 
-def matmul_experts(x, w: QTensor, ids, n_threads: int) -> np.ndarray:
+def matmul_experts(x, w: QTensor, ids, n_threads: int, path=None) -> np.ndarray:
     """x (n_tok, n_in) shared by the chosen experts or (n_tok, n_used, n_in); W (n_expert, n_out, n_in);
     ids (n_tok, n_used) -> (n_tok, n_used, n_out). Only the chosen experts' rows are read: the
     (token, slot) pairs are grouped by expert and every group is one set of work items of a single
@@ -442,10 +475,13 @@ def matmul_experts(x, w: QTensor, ids, n_threads: int) -> np.ndarray:
     g_off = np.zeros(len(experts) + 1, np.int64)
     np.cumsum(counts, out=g_off[1:])
     m_x = order // n_used if shared else order
-    nt = _threads_for(_group_work(n_out, n_in, counts), n_threads)
-    chunk = _chunk_rows(n_out, n_in, len(experts), bool(counts.max() > DIRECT_MAX), nt)
+    which, g_off, direct_max = _grouping(g_off, path)
+    experts, counts = experts[which], np.diff(g_off)
+    tiled = bool(counts.max() > direct_max)
+    nt = _threads_for(_group_work(n_out, n_in, counts, direct_max), n_threads)
+    chunk = _chunk_rows(n_out, n_in, len(experts), tiled, nt)
     args = (data, x2, _index(experts), _index(g_off), _index(m_x), _index(order), out.reshape(n_pairs, n_out), chunk,
-            DIRECT_MAX)
+            direct_max)
     if len(experts) > 1 and counts.min() != counts.max():
         with numba.parallel_chunksize(1):
             d.groups(*args)
