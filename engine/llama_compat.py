@@ -180,6 +180,7 @@ class Llama:
                          if (t := _metadata_text(v)) is not None}
         # llama-cpp-python's evaluation state: the tokens in the context and (with logits_all) their logits
         self.n_tokens = 0
+        self._live = False  # whether scores hold the logits of the last token in the context
         self.input_ids = np.zeros((self.n_ctx(),), dtype=np.intc)
         self.scores = np.empty((self.n_ctx() if logits_all else self.n_batch, self.n_vocab()), dtype=np.single)
         if verbose:
@@ -315,6 +316,7 @@ class Llama:
 
     def reset(self) -> None:
         self.n_tokens = 0
+        self._live = False
 
     def eval(self, tokens: Sequence[int]) -> None:
         """Evaluate `tokens` after the first `n_tokens` in the context, in batches of n_batch; their
@@ -322,6 +324,7 @@ class Llama:
         eng = self._engine
         eng.cache.truncate(self.n_tokens)
         tokens = [int(t) for t in tokens]
+        self._live = False
         try:
             for i in range(0, len(tokens), self.n_batch):
                 batch = tokens[i:i + self.n_batch]
@@ -334,6 +337,7 @@ class Llama:
                 else:
                     self.scores[min(n_past + len(batch), len(self.scores)) - 1] = out[-1]
                 self.n_tokens += len(batch)
+            self._live = self.n_tokens > 0
         finally:
             # the engine's prefix reuse must know what its cache now holds (also when a batch did not
             # fit); these positions were not computed in the engine's own aligned batches, so none of
@@ -369,11 +373,16 @@ class Llama:
             raise ValueError("Llama.generate needs at least one token to start from")
         if reset:
             keep = self.longest_token_prefix(self._input_ids.tolist(), tokens)
-            keep = min(keep, len(tokens) - 1)  # evaluate at least one token, for its logits
-            self.n_tokens = max(keep, 0)
-            tokens = tokens[self.n_tokens:]
+            if keep == len(tokens) == self.n_tokens and self._live:
+                tokens = []  # all in the context, its logits at hand: sample now, as llama-cpp-python does
+            else:  # evaluate at least one token, for its logits
+                self.n_tokens = max(min(keep, len(tokens) - 1), 0)
+                tokens = tokens[self.n_tokens:]
+        if not tokens and not self._live:
+            raise ValueError("Llama.generate has no logits to start from: evaluate some tokens first")
         while True:
-            self.eval(tokens)
+            if tokens:
+                self.eval(tokens)
             logits = self._last_logits()
             if logits_processor is not None:
                 logits = logits_processor(self._input_ids, logits)
@@ -435,6 +444,7 @@ class Llama:
         cached = self._engine.cached_tokens
         self.n_tokens = len(cached)
         self.input_ids[: self.n_tokens] = cached
+        self._live = False  # the engine sampled from these logits itself; scores does not hold them
 
     @staticmethod
     def _finish(pieces):

@@ -200,8 +200,11 @@ def test_eval_scores_and_generate(llm, smollm2_path, llama_cpp):
     np.testing.assert_allclose(last, eng.logits(ids)[-1], rtol=0, atol=1e-3)
     ref = llama_cpp.Llama(model_path=str(smollm2_path), n_ctx=256, n_threads=2, verbose=False)
     want = [t for _, t in zip(range(6), ref.generate(ids, temp=0))]
+    # the prompt is in the context with its logits at hand: sampled from them, nothing evaluated again
     got = [t for _, t in zip(range(6), llm.generate(ids, temp=0))]
     assert got == want
+    llm.reset()
+    assert [t for _, t in zip(range(6), llm.generate(ids, temp=0))] == want
     # after a completion the state shows what the context holds: the prompt and all but the last token
     out = llm("The capital of France is", max_tokens=4, temperature=0)
     assert llm.n_tokens == len(ids) + 3 and list(llm.input_ids[: len(ids) + 1]) == ids + want[:1]
