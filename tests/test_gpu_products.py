@@ -39,6 +39,15 @@ SHAPES = [(1, 3), (7, 1), (33, 4)]              # (n_out, n_in in blocks)
 N_TOKS = [None, 1, 3, 8, 17, 70]                 # None: 1-D x; <= 8 matrix-vector, else tiled
 # path: (activations mode, integer path allowed)
 PATHS = {"int": ("llama.cpp", True), "float": ("llama.cpp", False), "f32": ("f32", False)}
+# Q4_1/Q5_1 weights take their block offsets through x's block sums. The reference models x86 llama.cpp's
+# f16 Q8_1 sums (quant/activations.py); the device kernels use the exact sums of the rounded codes (as
+# does no llama.cpp build: its CUDA path stores f16 of the unrounded float sum), a difference of up to
+# half an f16 step (2**-12) of each block sum times its offset: these two types get that room in llama.cpp mode.
+TOL_OFFSETS = 2.0 ** -12
+
+
+def tol(w, mode="llama.cpp") -> float:
+    return TOL_OFFSETS if mode == "llama.cpp" and w.qtype in (T.Q4_1, T.Q5_1) else TOL
 
 
 @pytest.fixture(params=BACKENDS)
@@ -64,7 +73,7 @@ def run_matmul(be, w: QTensor, n_tok, rng, mode, bias=False, device_x=False):
     y_ref = REF[mode].matmul(x, w, b)
     assert y.shape == y_ref.shape and y.dtype == np.float32
     assert np.all(np.isfinite(y))
-    assert rel_err(y, y_ref, abs_product(x, w)) < TOL
+    assert rel_err(y, y_ref, abs_product(x, w)) < tol(w, mode)
 
 
 def skip_duplicate(path, n_tok):
@@ -130,7 +139,7 @@ def run_experts(be, qt, layout, n_tok, mode, rng, bias=False, host_ids=False):
     y = be.to_numpy(y)
     y_ref = REF[mode].matmul_experts(x, w, ids, b)
     assert y.shape == y_ref.shape == (n_tok, 2, n_out) and y.dtype == np.float32
-    assert rel_err(y, y_ref, abs_product(x, w, ids)) < TOL
+    assert rel_err(y, y_ref, abs_product(x, w, ids)) < tol(w, mode)
 
 
 @pytest.mark.parametrize("path", ["int", "f32"])
@@ -167,7 +176,7 @@ def test_matmul_experts_reads_only_chosen_experts(be_name, monkeypatch):
         x = rng.standard_normal((n_tok, 64)).astype(np.float32)
         y = be.to_numpy(be.matmul_experts(x, dw, be.ints(ids)))
         assert np.all(np.isfinite(y))
-        assert rel_err(y, REF["llama.cpp"].matmul_experts(x, w, ids)) < TOL
+        assert rel_err(y, REF["llama.cpp"].matmul_experts(x, w, ids)) < tol(w)
         bad = ids.copy()
         bad[0, 1] = 7
         y = be.to_numpy(be.matmul_experts(x, dw, be.ints(bad)))
@@ -241,7 +250,7 @@ def test_integer_path_on_tricky_activations(be_name, monkeypatch, qt):
     w = random_qtensor(qt, (9, 512), rng)
     x = tricky_activations(rng, 512)
     y = be.to_numpy(be.matmul(x, be.upload(w)))
-    assert rel_err(y, REF["llama.cpp"].matmul(x, w), abs_product(x, w)) < TOL
+    assert rel_err(y, REF["llama.cpp"].matmul(x, w), abs_product(x, w)) < tol(w)
 
 
 # --- unsupported types
