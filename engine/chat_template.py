@@ -11,6 +11,11 @@ a list of parts is joined with "\\n" (llama.cpp's `to_json_oaicompat(concat_type
 the template cannot render typed content. `apply` adds what llama.cpp's `common_chat_templates_apply`
 does on top (see its docstring).
 
+Templates come with model files from anyone: they render in Jinja's sandbox (no attribute walks to
+`__globals__`, `__subclasses__`, `os`, `open`), in a separate process bounded in time, memory and
+output size (engine/template_guard.py), so a template that loops or renders gigabytes is stopped with a
+ChatTemplateError naming the bound.
+
 The built-ins (`BUILTIN_TEMPLATES`) are Jinja versions of llama.cpp's C++ formatters
 (`src/llama-chat.cpp`, `llm_chat_apply_template`), under llama.cpp's names plus a few aliases. A GGUF
 without a template gets ChatML, as llama.cpp's `common_chat_templates_init` does.
@@ -80,6 +85,41 @@ def _environment() -> ImmutableSandboxedEnvironment:
 
 
 _ENV = _environment()
+
+
+def render_guarded(compiled: dict, source: str, context: dict, max_chars: int) -> str:
+    """Render `source` (compiled once into `compiled`), stopping past `max_chars` characters; every
+    failure a RenderFailed with ChatTemplate's message. Runs in a template_guard worker."""
+    from .template_guard import RenderFailed
+
+    template = compiled.get(source)
+    if template is None:
+        if len(compiled) >= 32:
+            compiled.clear()
+        try:
+            template = compiled[source] = _ENV.from_string(source)
+        except jinja2.TemplateSyntaxError as e:
+            raise RenderFailed(f"chat template does not compile: {e.message} (line {e.lineno})") from None
+        except RecursionError:
+            raise RenderFailed("chat template does not compile: nested too deeply") from None
+    out, n = [], 0
+    try:
+        for chunk in template.generate(**context):
+            n += len(chunk)
+            if n > max_chars:
+                raise RenderFailed(f"chat template output exceeds {max_chars} characters; stopped")
+            out.append(chunk)
+    except RenderFailed:
+        raise
+    except MemoryError:
+        raise
+    except _RaisedByTemplate as e:
+        raise RenderFailed(f"chat template raised an exception: {e.message}") from None
+    except jinja2.exceptions.SecurityError as e:
+        raise RenderFailed(f"chat template blocked by the sandbox: {e}") from None
+    except Exception as e:  # noqa: BLE001 -- any failure inside a template is the template's
+        raise RenderFailed(f"chat template failed: {type(e).__name__}: {e}") from None
+    return "".join(out)
 
 # --- llama.cpp's built-in formats (src/llama-chat.cpp, llm_chat_apply_template), as Jinja.
 # `| trim(_WS)` is llama-chat.cpp's trim(): C isspace() only, not every Unicode space.
@@ -270,7 +310,12 @@ class ChatTemplate:
 
     `add_bos`/`add_eos` (the vocab's tokenizer.ggml.add_bos_token / add_eos_token) only matter to
     `apply`, which strips a leading BOS / trailing EOS text the tokenizer will add again.
+
+    `render_timeout` (seconds) and `max_render_chars` bound every render (engine/template_guard.py).
     """
+
+    render_timeout: float = 1.0
+    max_render_chars: int = 8 << 20
 
     def __init__(self, source: str, bos_token: str = "", eos_token: str = "", *, name: str | None = None,
                  add_bos: bool = False, add_eos: bool = False):
@@ -283,10 +328,15 @@ class ChatTemplate:
         self.builtin = name is not None and source is BUILTIN_TEMPLATES.get(name)
         self._caps: dict[str, bool] | None = None
         try:
-            self._template = _ENV.from_string(source)
+            # parse only: compiling folds constant expressions, which runs template code
+            # (`{{ 'x' * 10**10 }}`); that happens in the bounded renderer (engine/template_guard.py)
+            _ENV.parse(source)
         except jinja2.TemplateSyntaxError as e:
             raise ChatTemplateError(f"chat template{f' {name!r}' if name else ''} does not compile: "
                                     f"{e.message} (line {e.lineno})") from e
+        except (RecursionError, MemoryError) as e:
+            raise ChatTemplateError(f"chat template{f' {name!r}' if name else ''} does not compile: "
+                                    f"{type(e).__name__} (nested too deeply or too large)") from None
 
     def __repr__(self) -> str:
         return f"ChatTemplate(name={self.name!r}, {len(self.source)} chars)"
@@ -340,20 +390,18 @@ class ChatTemplate:
     # --- rendering
 
     def _render(self, context: dict[str, Any]) -> str:
+        from .template_guard import RenderFailed, render
+
         try:
-            return self._template.render(**context)
-        except _RaisedByTemplate as e:
-            raise ChatTemplateError(f"chat template raised an exception: {e.message}") from e
-        except jinja2.exceptions.SecurityError as e:
-            raise ChatTemplateError(f"chat template blocked by the sandbox: {e}") from e
-        except Exception as e:  # noqa: BLE001 -- any failure inside a template is the template's
-            raise ChatTemplateError(f"chat template failed: {type(e).__name__}: {e}") from e
+            return render(self.source, context, timeout=self.render_timeout, max_chars=self.max_render_chars)
+        except RenderFailed as e:
+            raise ChatTemplateError(str(e)) from None
 
     def _probe(self, messages: list[dict]) -> str | None:
         try:
-            return self._template.render(messages=messages, add_generation_prompt=False,
-                                         bos_token=self.bos_token, eos_token=self.eos_token, tools=None)
-        except Exception:  # noqa: BLE001 -- a probe that fails means "not supported"
+            return self._render(dict(messages=messages, add_generation_prompt=False, bos_token=self.bos_token,
+                                     eos_token=self.eos_token, tools=None))
+        except ChatTemplateError:  # a probe that fails means "not supported"
             return None
 
     @property

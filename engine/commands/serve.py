@@ -27,7 +27,24 @@ def add_arguments(p):
     p.add_argument("-c", "--ctx-size", type=int, default=4096)
     p.add_argument("-t", "--threads", type=int, default=None)
     p.add_argument("-np", "--parallel", type=int, default=1, help="slots per model (concurrent generations)")
-    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on every route but /health (several: KEY1,KEY2)")
+    p.add_argument("--api-key-file", default=None, help="file of API keys, one a line ('#' starts a comment)")
+    lim = p.add_argument_group("limits (over them: 413 body, 503 + Retry-After busy, 504 timeout)")
+    lim.add_argument("-n", "--n-predict", "--predict", dest="n_predict", type=int, default=-1,
+                     help="tokens a request generates at most, and without max_tokens (default -1: no limit)")
+    lim.add_argument("--max-body-size", default="32M", help="largest request body (bytes, or with K/M/G; default 32M)")
+    lim.add_argument("--max-concurrent-requests", type=int, default=0,
+                     help="requests a model runs at once (default 0: as many as it has slots, -np)")
+    lim.add_argument("--max-queue", type=int, default=64,
+                     help="requests that may wait for a model beyond those; more get 503 (default 64)")
+    lim.add_argument("--request-timeout", type=float, default=0,
+                     help="seconds a request may take before it is cancelled with 504 (default 0: no limit)")
+    lim.add_argument("-to", "--timeout", type=float, default=600,
+                     help="seconds a client may take to send its request or leave a response unread (default 600)")
+    lim.add_argument("--timeout-graceful-shutdown", type=float, default=10,
+                     help="on SIGTERM/SIGINT, seconds in-flight requests may take to finish before they are "
+                          "cancelled (default 10)")
     p.add_argument("--chat-template", default=None, help="named template instead of the model's")
     p.add_argument("--memory-budget-gb", type=float, default=None,
                    help="unload the least recently used models beyond this many GB of model files")
@@ -36,6 +53,11 @@ def add_arguments(p):
     p.add_argument("--device", type=int, default=None, help="GPU index (see `python -m engine devices`)")
     p.add_argument("-ngl", "--n-gpu-layers", dest="n_gpu_layers", type=int, default=None,
                    help="layers on the GPU, the last N (default: all)")
+    ray = p.add_argument_group("Ray Serve (replicas on a Ray cluster; pip install 'ggufpy[ray]'; docs/ray.md)")
+    ray.add_argument("--ray", action="store_true", help="deploy as a Ray Serve application on a running cluster")
+    ray.add_argument("--replicas", type=int, default=None, help="replicas of the server (default 1)")
+    ray.add_argument("--autoscale", default=None, metavar="MIN:MAX", help="let Ray Serve scale between MIN and MAX")
+    ray.add_argument("--ray-address", default=None, help="the cluster (default: $RAY_ADDRESS, else the local head)")
 
 
 def specs_from_args(args):
@@ -63,25 +85,53 @@ def specs_from_args(args):
     return specs, host or "127.0.0.1", int(port or 8080)
 
 
-def main(args) -> int:
-    import uvicorn
+def limits_from_args(args):
+    from engine.server.limits import ServerLimits, parse_size
 
+    return ServerLimits(max_body_bytes=parse_size(args.max_body_size), n_predict=args.n_predict,
+                        max_concurrent=max(0, args.max_concurrent_requests), max_queue=max(0, args.max_queue),
+                        request_timeout=max(0.0, args.request_timeout), idle_timeout=max(0.0, args.timeout))
+
+
+def main(args) -> int:
+    if args.ray:  # engine/server/ray_serve.py: the same app as Ray Serve replicas
+        try:
+            from engine.server import ray_serve
+        except ImportError as e:
+            print(f"error: --ray needs Ray Serve ({e}): pip install 'ggufpy[ray]'", file=sys.stderr)
+            return 1
+        return ray_serve.main(args, specs_from_args, limits_from_args)
     from engine.server.app import create_app
+    from engine.server.auth import read_keys
+    from engine.server.http import serve
     from engine.server.registry import ModelRegistry
 
     try:
         specs, host, port = specs_from_args(args)
         budget = int(args.memory_budget_gb * 1e9) if args.memory_budget_gb else None
         registry = ModelRegistry(specs, memory_budget=budget)
+        keys = read_keys(args.api_key, args.api_key_file)
+        limits = limits_from_args(args)
     except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: StoreError (a pull that failed)
         print(f"error: {e}", file=sys.stderr)
         return 1
-    app = create_app(registry, api_key=args.api_key)
+    app = create_app(registry, api_key=keys, limits=limits)
 
     @app.on_event("startup")
     async def warm():
         registry.warm(None)  # the first model loads in the background; /health says 503 until then
 
     print(f"serving {', '.join(registry.names())} on http://{host}:{port}", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
-    return 0
+    rc = serve(app, host, port, idle_timeout=limits.idle_timeout, graceful_shutdown=args.timeout_graceful_shutdown)
+    _wait_for_workers(registry)
+    return rc
+
+
+def _wait_for_workers(registry, patience: float = 5.0):
+    """After a shutdown, let cancelled generations leave their worker threads (each stops at its next
+    token) before the interpreter goes, so none is torn down inside a kernel."""
+    import time
+
+    end = time.monotonic() + patience
+    while any(m.active for m in list(registry.loaded.values())) and time.monotonic() < end:
+        time.sleep(0.02)

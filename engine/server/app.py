@@ -16,19 +16,36 @@ import time
 import uuid
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
+from . import schemas
+from .auth import OPEN_PATHS, APIKeys, presented_key, read_keys
+from .file_guard import ModelFileGuard, ModelFileChanged
+from .limits import Admission, BodyLimit, Busy, ServerLimits, cap_max_tokens
 from .registry import ModelRegistry, UnknownModel
 from .structured import extra_sampling, structured_fields, tool_fields
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: str | None = None):
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
+                 headers: dict | None = None):
         super().__init__(message)
-        self.status, self.message, self.type, self.code = status, message, type_, code
+        self.status, self.message, self.type, self.code, self.headers = status, message, type_, code, headers
 
 
-def error_response(status: int, message: str, type_: str, code: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": type_, "code": code}}, status_code=status)
+def error_response(status: int, message: str, type_: str, code: str | None = None,
+                   headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type_, "code": code}}, status_code=status,
+                        headers=headers)
+
+
+def conform(body: dict, model) -> None:
+    """The body against its published schema (engine/server/schemas.py): a 400 naming the field."""
+    try:
+        schemas.conform(body, model)
+    except ValueError as e:
+        raise APIError(400, str(e), code="invalid_type") from None
 
 
 # --- request fields (checked by hand: the messages name the field, as OpenAI's do)
@@ -87,6 +104,9 @@ def check_messages(body: dict) -> list[dict]:
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise APIError(400, f"messages[{i}] must be an object with a string 'role'", code="invalid_type")
         c = m.get("content")
+        if isinstance(c, list) and not all(isinstance(p, dict) and isinstance(p.get("text", ""), str) for p in c):
+            raise APIError(400, f"messages[{i}].content parts must be objects whose 'text' is a string",
+                           code="invalid_type")
         if isinstance(c, list):  # content parts: keep the text ones
             m = dict(m, content="".join(p.get("text", "") for p in c if isinstance(p, dict) and p.get("type") == "text"))
             msgs[i] = m
@@ -103,10 +123,11 @@ class Job:
 
     _END = object()
 
-    def __init__(self, model, make_iter):
+    def __init__(self, model, make_iter, buffer: int = 64):
         self.model, self.make_iter = model, make_iter
         self.cancel = threading.Event()
         self.queue: asyncio.Queue = asyncio.Queue()
+        self.room = threading.Semaphore(buffer)  # pieces a slow reader lets pile up, at most
         self.loop = asyncio.get_running_loop()
 
     async def start(self):
@@ -121,11 +142,18 @@ class Job:
 
     def _run(self):
         put = lambda x: self.loop.call_soon_threadsafe(self.queue.put_nowait, x)  # noqa: E731
+
+        def room() -> bool:  # wait while the reader is `buffer` pieces behind; False once cancelled
+            while not self.room.acquire(timeout=0.1):
+                if self.cancel.is_set():
+                    return False
+            return True
+
         it = None
         try:
             it = self.make_iter(self.engine)
             for piece in it:
-                if self.cancel.is_set():
+                if self.cancel.is_set() or not room():
                     break
                 put(piece)
         except Exception as e:  # noqa: BLE001 - reported to the client, the server goes on
@@ -152,6 +180,7 @@ class Job:
                     return
                 if isinstance(item, Exception):
                     raise item
+                self.room.release()
                 yield item
         finally:
             self.cancel.set()
@@ -166,27 +195,60 @@ def device_props(engine) -> dict:
             "n_gpu_layers": place.n_gpu_layers if place is not None else 0}
 
 
-def create_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
+def create_app(registry: ModelRegistry, api_key: str | list[str] | APIKeys | None = None,
+               limits: ServerLimits | None = None) -> FastAPI:
+    """The app for `registry`. `api_key`: llama-server's --api-key (one key, or several separated by
+    commas, or a list); `limits`: what the owner bounds (engine/server/limits.py)."""
     app = FastAPI(title="ggufpy", docs_url=None, redoc_url=None)
     stats = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "predicted_ms": 0.0, "errors": 0}
+    keys = api_key if isinstance(api_key, APIKeys) else APIKeys(
+        read_keys(api_key) if isinstance(api_key, str) or api_key is None else list(api_key))
+    limits = limits or ServerLimits()
+    app.state.limits = limits
+    admissions: dict[int, Admission] = {}  # per loaded model (its id: a reloaded model starts afresh)
+    files = app.state.files = ModelFileGuard(registry)
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        open_paths = ("/health", "/", "/index.html", "/metrics")
-        if api_key and request.url.path not in open_paths:
-            auth = request.headers.get("authorization", "")
-            if auth != f"Bearer {api_key}" and request.headers.get("x-api-key") != api_key:
-                return error_response(401, "invalid or missing API key", "authentication_error", "invalid_api_key")
+        if keys and request.url.path not in OPEN_PATHS and not keys.allows(presented_key(request.headers)):
+            return error_response(401, "invalid or missing API key", "authentication_error", "invalid_api_key")
         try:
             return await call_next(request)
         except APIError as e:
             stats["errors"] += 1
-            return error_response(e.status, e.message, e.type, e.code)
+            return error_response(e.status, e.message, e.type, e.code, e.headers)
+
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)  # outermost: before auth and parsing
+    schemas.install_openapi(app)
+
+    @app.on_event("startup")
+    async def watch_files():
+        files.start()  # model files held against truncation while served (engine/server/file_guard.py)
 
     @app.exception_handler(APIError)
     async def api_error(request, e: APIError):
         stats["errors"] += 1
-        return error_response(e.status, e.message, e.type, e.code)
+        return error_response(e.status, e.message, e.type, e.code, e.headers)
+
+    @app.exception_handler(Busy)
+    async def busy(request, e: Busy):
+        stats["errors"] += 1
+        return error_response(503, str(e), "server_error", "server_busy", {"Retry-After": str(e.retry_after)})
+
+    @app.exception_handler(ModelFileChanged)
+    async def file_changed(request, e: ModelFileChanged):
+        stats["errors"] += 1
+        return error_response(503, str(e), "server_error", "model_file_changed")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, e: StarletteHTTPException):  # unknown routes and methods, in OpenAI's shape
+        stats["errors"] += 1
+        return error_response(e.status_code, str(e.detail), "invalid_request_error",
+                              {404: "not_found", 405: "method_not_allowed"}.get(e.status_code), e.headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request, e: ClientDisconnect):  # the client left while sending: no one reads this
+        return error_response(400, "the client disconnected before its request was complete", "invalid_request_error")
 
     @app.exception_handler(UnknownModel)
     async def unknown_model(request, e: UnknownModel):
@@ -203,13 +265,15 @@ def create_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
             body = json.loads(await request.body() or b"null")
         except (ValueError, UnicodeDecodeError) as e:
             raise APIError(400, f"request body is not valid JSON: {e}", code="invalid_json") from None
+        except RecursionError:
+            raise APIError(400, "request body is not valid JSON: nested too deeply", code="invalid_json") from None
         if not isinstance(body, dict):
             raise APIError(400, "request body must be a JSON object", code="invalid_json")
         return body
 
     # --- status
 
-    @app.get("/health")
+    @app.get("/health", openapi_extra=schemas.get_doc(500, 503))
     async def health():
         if registry.load_error is not None:
             return JSONResponse({"status": "error", "error": str(registry.load_error)}, status_code=500)
@@ -217,15 +281,15 @@ def create_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
             return JSONResponse({"status": "loading model"}, status_code=503)
         return {"status": "ok"}
 
-    @app.get("/v1/models")
-    @app.get("/models")
+    @app.get("/v1/models", openapi_extra=schemas.get_doc())
+    @app.get("/models", openapi_extra=schemas.get_doc())
     async def models():
         now = int(time.time())
         return {"object": "list", "data": [{"id": a, "object": "model", "created": now, "owned_by": "ggufpy",
                                             "meta": {"path": s.path, "n_ctx": s.n_ctx}}
                                            for a, s in registry.specs.items()]}
 
-    @app.get("/props")
+    @app.get("/props", openapi_extra=schemas.get_doc(500, 503))
     async def props():
         m = await registry.get(None)
         e = m.engine
@@ -234,7 +298,7 @@ def create_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
                 if hasattr(e.chat_template(m.spec.chat_format), "source") else None,
                 "default_generation_settings": {"n_ctx": e.n_ctx}, **device_props(e)}
 
-    @app.get("/metrics")
+    @app.get("/metrics", openapi_extra=schemas.get_doc(media="text/plain"))
     async def metrics():
         lines = []
         for name, kind, value in (
@@ -250,28 +314,31 @@ def create_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
 
     # --- tokens and templates
 
-    @app.post("/tokenize")
+    @app.post("/tokenize", openapi_extra=schemas.post_doc(schemas.TokenizeRequest))
     async def tokenize(request: Request):
         body = await body_of(request)
         content = _field(body, "content", str, "")
+        conform(body, schemas.TokenizeRequest)
         m = await registry.get(body.get("model"))
         ids = m.engine.tokenize(content, add_bos=bool(body.get("add_special", False)),
                                 special=bool(body.get("parse_special", True)))
         return {"tokens": ids}
 
-    @app.post("/detokenize")
+    @app.post("/detokenize", openapi_extra=schemas.post_doc(schemas.DetokenizeRequest))
     async def detokenize(request: Request):
         body = await body_of(request)
         toks = _field(body, "tokens", list, [])
+        conform(body, schemas.DetokenizeRequest)
         m = await registry.get(body.get("model"))
         if not all(isinstance(t, int) and 0 <= t < m.engine.n_vocab for t in toks):
             raise APIError(400, f"'tokens' must be token ids in [0, {m.engine.n_vocab})", code="invalid_value")
         return {"content": m.engine.detokenize(toks)}
 
-    @app.post("/apply-template")
+    @app.post("/apply-template", openapi_extra=schemas.post_doc(schemas.ApplyTemplateRequest))
     async def apply_template(request: Request):
         body = await body_of(request)
         msgs = check_messages(body)
+        conform(body, schemas.ApplyTemplateRequest)
         m = await registry.get(body.get("model"))
         return {"prompt": m.engine.apply_template(msgs, template=m.spec.chat_format)}  # text, not ids
 
@@ -316,9 +383,75 @@ def create_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
         strip = lambda r: {k: v for k, v in r.items() if k != "id"}  # noqa: E731
         return {"content": [dict(strip(e), top_logprobs=[strip(t) for t in e["top_logprobs"]]) for e in entries]}
 
+    # --- admission: the piece a scheduler takes over (limits.Admission, file_guard, the request timeout)
+
+    def admission_of(m) -> Admission:
+        a = getattr(m, "admission", None)
+        if a is None:
+            a = m.admission = Admission(limits.max_concurrent or len(m.engines), limits.max_queue, limits.retry_after)
+        return a
+
+    def timed_out(what: str) -> APIError:
+        return APIError(504, f"the request {what} longer than the server's limit of {limits.request_timeout:g} s "
+                             "(--request-timeout) and was cancelled", "server_error", "request_timeout")
+
+    async def admitted(m, deadline):
+        """Wait for the model's turn (503 + Retry-After when too many wait); the release, once."""
+        files.hold(m)
+        adm = admission_of(m)
+        try:
+            await asyncio.wait_for(adm.acquire(), None if deadline is None else max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            raise timed_out("waited") from None
+        done = []
+
+        def release():
+            if not done:
+                done.append(True)
+                adm.release()
+        return release
+
+    async def begin(m, make_iter) -> Job:
+        """The Job of a generation once admitted; cancelled with a 504 past --request-timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + limits.request_timeout if limits.request_timeout > 0 else None
+        release = await admitted(m, deadline)
+        timer = []
+
+        def finished():
+            release()
+            for t in timer:
+                t.cancel()
+
+        def guarded(engine):
+            try:
+                files.check(m)  # the file may have changed while the request waited
+                yield from make_iter(engine)
+            finally:
+                loop.call_soon_threadsafe(finished)
+
+        job = Job(m, guarded, buffer=limits.stream_buffer)
+        try:
+            files.hold(m, job)
+            await job.start()
+        except BaseException:
+            finished()
+            raise
+        if deadline is not None:
+            def expire():
+                job.cancel.set()
+                job.queue.put_nowait(timed_out("took"))
+            timer.append(loop.call_at(loop.time() + max(0.0, deadline - time.monotonic()), expire))
+        return job
+
+    def capped(kw: dict) -> dict:
+        kw["max_tokens"] = cap_max_tokens(kw["max_tokens"], limits.n_predict)
+        return kw
+
     async def chat_plan(m, msgs, extra, kw, structured):
         """The chat prompt (rendered once: generation takes its ids as they are), its tool-call format
         and constraint, checked against the context; max_tokens -1 becomes "the rest of the context"."""
+        capped(kw)
         plan = await checked(m.engine.chat_plan, msgs, template=m.spec.chat_format, template_kwargs=extra,
                              **structured)
         check_fits(m.engine, plan.ids, kw["max_tokens"])
@@ -326,8 +459,8 @@ def create_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
             kw["max_tokens"] = m.engine.n_ctx - len(plan.ids)
         return plan
 
-    @app.post("/v1/chat/completions")
-    @app.post("/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=schemas.post_doc(schemas.ChatCompletionRequest, streams=True))
+    @app.post("/chat/completions", openapi_extra=schemas.post_doc(schemas.ChatCompletionRequest, streams=True))
     async def chat_completions(request: Request):
         body = await body_of(request)
         msgs = check_messages(body)
@@ -348,10 +481,10 @@ def create_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
         effort = body.get("reasoning_effort") or (reasoning.get("effort") if isinstance(reasoning, dict) else None)
         if effort is not None:
             extra["reasoning_effort"] = effort
+        conform(body, schemas.ChatCompletionRequest)
         m = await registry.get(body.get("model"))
         plan = await chat_plan(m, msgs, extra, kw, structured)
-        job = Job(m, runs(n, kw, lambda e, k: e.chat_ids(plan.ids, stream=True, plan=plan, **k)))
-        await job.start()
+        job = await begin(m, runs(n, kw, lambda e, k: e.chat_ids(plan.ids, stream=True, plan=plan, **k)))
         cid, created, model_name = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), m.spec.alias
 
         def chunk(i: int, delta: dict, finish=None, logprobs=None, **more) -> str:
@@ -432,8 +565,8 @@ def create_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
             offset += len(e["token"])
         return out
 
-    @app.post("/v1/completions")
-    @app.post("/completions")
+    @app.post("/v1/completions", openapi_extra=schemas.post_doc(schemas.CompletionRequest, streams=True))
+    @app.post("/completions", openapi_extra=schemas.post_doc(schemas.CompletionRequest, streams=True))
     async def completions(request: Request):
         body = await body_of(request)
         prompt = body.get("prompt")
@@ -445,6 +578,7 @@ def create_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
         kw = sampling_from(body)
         if body.get("max_tokens") is None:
             kw["max_tokens"] = 16  # OpenAI's default for completions
+        capped(kw)
         n_lp = _field(body, "logprobs", int, None, low=0, high=20)
         if n_lp is None:
             n_lp = _field(body, "n_probs", int, None, low=0, high=20)  # llama-server's name
@@ -453,6 +587,7 @@ def create_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
         n = n_of(body)
         echo = bool(body.get("echo", False))
         stream = bool(body.get("stream", False))
+        conform(body, schemas.CompletionRequest)
         m = await registry.get(body.get("model"))
         eng = m.engine
         ids = eng.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
@@ -462,8 +597,7 @@ def create_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
             from engine.constrain import compile_grammar
 
             kw["grammar"] = await checked(compile_grammar, eng.tokenizer, **structured)
-        job = Job(m, runs(n, kw, lambda e, k: e.generate(ids, stream=True, **k)))
-        await job.start()
+        job = await begin(m, runs(n, kw, lambda e, k: e.generate(ids, stream=True, **k)))
         cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         head = eng.detokenize(ids) if echo else ""
 
@@ -501,8 +635,8 @@ def create_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
         return {"id": cid, "object": "text_completion", "created": created, "model": m.spec.alias, "choices": choices,
                 "usage": total_usage(dones.values()), "timings": timings_of(dones[0])}
 
-    @app.post("/v1/embeddings")
-    @app.post("/embeddings")
+    @app.post("/v1/embeddings", openapi_extra=schemas.post_doc(schemas.EmbeddingRequest))
+    @app.post("/embeddings", openapi_extra=schemas.post_doc(schemas.EmbeddingRequest))
     async def embeddings(request: Request):
         body = await body_of(request)
         inp = body.get("input")
@@ -513,6 +647,7 @@ def create_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
             inputs = inp
         else:
             raise APIError(400, "'input' must be a string, an array of strings, or token ids", code="invalid_type")
+        conform(body, schemas.EmbeddingRequest)
         m = await registry.get(body.get("model"))
         eng = m.engine
         ids = [eng.tokenize(x) if isinstance(x, str) else list(x) for x in inputs]
@@ -529,6 +664,14 @@ def create_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
                 "usage": {"prompt_tokens": n, "total_tokens": n}}
 
     async def run_in_slot(m, fn):
+        deadline = time.monotonic() + limits.request_timeout if limits.request_timeout > 0 else None
+        release = await admitted(m, deadline)
+        try:
+            return await _in_slot(m, lambda e: files.check(m) or fn(e))
+        finally:
+            release()
+
+    async def _in_slot(m, fn):
         m.waiting += 1
         try:
             eng = await m.free.get()
@@ -541,8 +684,8 @@ def create_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
             m.active -= 1
             m.free.put_nowait(eng)
 
-    @app.post("/v1/responses")
-    @app.post("/responses")
+    @app.post("/v1/responses", openapi_extra=schemas.post_doc(schemas.ResponsesRequest, streams=True))
+    @app.post("/responses", openapi_extra=schemas.post_doc(schemas.ResponsesRequest, streams=True))
     async def responses(request: Request):
         """OpenAI's Responses API (Open Responses): `input` as a string or message items,
         `instructions`, `reasoning.effort`; output items `reasoning` and `message`."""
@@ -573,10 +716,10 @@ def create_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
         if isinstance(reasoning, dict) and reasoning.get("effort"):
             extra["reasoning_effort"] = reasoning["effort"]
         stream = bool(body.get("stream", False))
+        conform(body, schemas.ResponsesRequest)
         m = await registry.get(body.get("model"))
         plan = await chat_plan(m, msgs, extra, kw, structured_fields(body, responses=True))
-        job = Job(m, lambda e: e.chat_ids(plan.ids, stream=True, plan=plan, **kw))
-        await job.start()
+        job = await begin(m, lambda e: e.chat_ids(plan.ids, stream=True, plan=plan, **kw))
         rid, created = f"resp_{uuid.uuid4().hex[:24]}", int(time.time())
         msg_id, rs_id = f"msg_{uuid.uuid4().hex[:24]}", f"rs_{uuid.uuid4().hex[:24]}"
 
@@ -654,7 +797,7 @@ def create_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
         account(done)
         return response_obj("completed", done.message.get("reasoning_content", ""), done.message.get("content", ""), done)
 
-    @app.get("/")
+    @app.get("/", openapi_extra=schemas.get_doc(media="text/html"))
     async def index():
         from fastapi.responses import HTMLResponse
 
