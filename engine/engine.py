@@ -214,13 +214,24 @@ class Engine:
             if a != b:
                 break
             common += 1
-        common = min(common, len(prompt) - 1, self._aligned)  # evaluate >= 1 token to get logits
-        common -= common % DEFAULT_BATCH
+        if self.batch_invariant_cache:
+            common = min(common, len(prompt) - 1)  # any prefix: its rows are what a cold run computes
+        else:
+            common = min(common, len(prompt) - 1, self._aligned)  # evaluate >= 1 token to get logits
+            common -= common % DEFAULT_BATCH
         self.cache.truncate(common)
         self.cached_tokens = prompt[:common]
         todo = prompt[common:]
         self._aligned = common + len(todo) - len(todo) % DEFAULT_BATCH
         return todo
+
+    @property
+    def batch_invariant_cache(self) -> bool:
+        """Whether the cache is a batch scheduler's slot on batch-invariant backends (engine/batching.py):
+        then a prompt's rows are computed the same in any chunking, and any cached prefix of prompt
+        tokens is exactly what a cold run would compute."""
+        sched = getattr(self.cache, "scheduler", None)
+        return sched is not None and sched.batch_invariant
 
     # --- generation
     def generate(self, prompt, max_tokens: int = 128, temperature: float = 0.8, top_k: int = 40,
@@ -362,10 +373,18 @@ class Engine:
         """`generate_step`, except that with backend="auto" a GPU kernel failing mid-generation moves
         the engine to the CPU once and carries on from the tokens so far (`history`: the prompt and
         every token sampled, which the caller keeps up to date), so the answer is not lost."""
+        gen = generate_step(self.model, self.cache, todo, sample, max_tokens)
+        try:
+            yield from self._run_steps(gen, sample, max_tokens, history)
+        finally:
+            leave = getattr(self.cache, "leave", None)  # a batch scheduler's slot: the next step goes without it
+            if leave is not None:
+                leave()
+
+    def _run_steps(self, gen, sample, max_tokens, history):
         from .generate import DEFAULT_BATCH
 
         done = 0
-        gen = generate_step(self.model, self.cache, todo, sample, max_tokens)
         while True:
             try:
                 step = next(gen)

@@ -50,10 +50,19 @@ class Timings:
 
 
 def prefill(model, cache, tokens, batch: int = DEFAULT_BATCH, last_only: bool = True):
-    """Feed `tokens` through the cache in batches; return the logits of the last batch."""
+    """Feed `tokens` through the cache in batches; return the logits of the last batch.
+
+    A cache attached to a batch scheduler (engine/batching.py: `cache.run`) hands each batch to the
+    scheduler's next step instead, and gets host logits back (only for the last batch)."""
+    run = getattr(cache, "run", None)
     logits = None
     for i in range(0, len(tokens), batch):
-        logits = model.forward(tokens[i:i + batch], cache, last_only=last_only)
+        chunk = tokens[i:i + batch]
+        if run is not None:
+            last = i + batch >= len(tokens)
+            logits = run(chunk, False, ("last" if last_only else "all") if last else "none")
+        else:
+            logits = model.forward(chunk, cache, last_only=last_only)
     return logits
 
 
@@ -62,6 +71,9 @@ def decode(model, cache, token: int) -> np.ndarray:
 
     A backend that can replay a captured step (CUDA graphs: `decode_graph`) runs it that way when it
     holds the whole model; every other case is a plain forward pass."""
+    run = getattr(cache, "run", None)
+    if run is not None:  # a slot of a batch scheduler: the token joins its next step
+        return run([token], True)
     be = model.place.single
     replay = getattr(be, "decode_graph", None) if be is not None else None
     if replay is not None:

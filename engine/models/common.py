@@ -153,9 +153,11 @@ class Pass:
     them (`backend.ints`, which a captured CUDA graph refills at replay), and the activations moved
     when the next layer runs on another backend."""
 
-    def __init__(self, place: Placement, tokens, positions):
-        """`positions`: the tokens' positions (n,), or an int: the position of the first of them."""
-        self.place = place
+    def __init__(self, place: Placement, tokens, positions, view=None):
+        """`positions`: the tokens' positions (n,), or an int: the position of the first of them.
+        `view(backend)`: the backend as the model's code should see it (a batched pass's, see
+        engine/batching.py); activations move between the backends themselves."""
+        self.place, self._view = place, view or (lambda be: be)
         self._tokens = np.asarray(tokens, np.int32).reshape(-1)
         if np.ndim(positions) == 0:
             positions = np.arange(int(positions), int(positions) + len(self._tokens))
@@ -165,7 +167,7 @@ class Pass:
     def input(self):
         """(backend, token ids on it) for the embedding lookup."""
         be = self.place.input
-        return be, be.ints(self._tokens, "tokens")
+        return self._view(be), be.ints(self._tokens, "tokens")
 
     def positions(self, be):
         if id(be) not in self._pos_on:
@@ -183,11 +185,11 @@ class Pass:
     def layer(self, i: int, h):
         """(backend of layer i, h on it, positions on it)."""
         be = self.place.layers[i]
-        return be, self.move(h, be), self.positions(be)
+        return self._view(be), self.move(h, be), self.positions(be)
 
     def output(self, h):
         be = self.place.output
-        return be, self.move(h, be)
+        return self._view(be), self.move(h, be)
 
 
 class KVCache:
@@ -219,6 +221,11 @@ class KVCache:
     # for several sequences in one pass)
     def positions(self, n: int) -> np.ndarray:
         return np.arange(self.n_past, self.n_past + n, dtype=np.int32)
+
+    @staticmethod
+    def view(be):
+        """The backend as a pass over this cache uses it (itself; a batched pass's differs)."""
+        return be
 
     def attend(self, layer: int, be, q, k, v, pos, **kw):
         """k, v into the cache at `pos`, then attention of q over what the cache holds."""
@@ -402,7 +409,7 @@ class DecoderModel:
         with `embeddings` the output-normed hidden states (llama.cpp's t_embd) instead."""
         n = len(tokens)
         cache.check_room(n)
-        run = Pass(self.place, tokens, cache.positions(n))
+        run = Pass(self.place, tokens, cache.positions(n), cache.view)
         be, tok = run.input()
         h = self.embed(be, tok)                                                   # (n, n_embd)
         for i, L in enumerate(self.w.blk):
