@@ -358,6 +358,10 @@ def create_app(registry: ModelRegistry, api_key: str | list[str] | APIKeys | Non
         return t.as_dict() if hasattr(t, "as_dict") else dict(t.__dict__)
 
     def check_fits(engine, ids, max_tokens):
+        bad = next((t for t in ids if not (isinstance(t, int) and 0 <= t < engine.n_vocab)), None)
+        if bad is not None:  # caller-given token ids: one out of range would index past the embeddings
+            raise APIError(400, f"token id {bad!r} is not in the vocabulary [0, {engine.n_vocab})",
+                           code="invalid_value")
         if len(ids) >= engine.n_ctx:
             raise APIError(400, f"the prompt is {len(ids)} tokens, more than the context of {engine.n_ctx} allows",
                            code="context_length_exceeded")
