@@ -104,11 +104,11 @@ def check_messages(body: dict) -> list[dict]:
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise APIError(400, f"messages[{i}] must be an object with a string 'role'", code="invalid_type")
         c = m.get("content")
-        if isinstance(c, list) and not all(isinstance(p, dict) and isinstance(p.get("text", ""), str) for p in c):
+        if isinstance(c, list) and not all(isinstance(p, dict) and isinstance(p.get("text") or "", str) for p in c):
             raise APIError(400, f"messages[{i}].content parts must be objects whose 'text' is a string",
                            code="invalid_type")
         if isinstance(c, list):  # content parts: keep the text ones
-            m = dict(m, content="".join(p.get("text", "") for p in c if isinstance(p, dict) and p.get("type") == "text"))
+            m = dict(m, content="".join(p.get("text") or "" for p in c if p.get("type") == "text"))
             msgs[i] = m
         elif c is not None and not isinstance(c, str):
             raise APIError(400, f"messages[{i}].content must be a string or an array of parts", code="invalid_type")
@@ -706,8 +706,11 @@ def create_app(registry: ModelRegistry, api_key: str | list[str] | APIKeys | Non
                 if not isinstance(item, dict) or item.get("type", "message") != "message" or "role" not in item:
                     raise APIError(400, f"input[{i}] must be a message item with a role", code="invalid_type")
                 c = item.get("content")
-                if isinstance(c, list):
-                    c = "".join(p.get("text", "") for p in c if isinstance(p, dict))
+                if isinstance(c, list):  # text parts (a null text is none); anything else is the client's error
+                    if not all(isinstance(p, dict) and isinstance(p.get("text") or "", str) for p in c):
+                        raise APIError(400, f"input[{i}].content parts must be objects whose 'text' is a string",
+                                       code="invalid_type")
+                    c = "".join(p.get("text") or "" for p in c)
                 if not isinstance(c, str):
                     raise APIError(400, f"input[{i}].content must be text or text parts", code="invalid_type")
                 msgs.append({"role": item["role"], "content": c})
