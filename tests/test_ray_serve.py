@@ -8,6 +8,7 @@ no retries, so a request that hangs fails the test and an error is seen as the s
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -202,6 +203,30 @@ def test_deployment_options_replicas_autoscaling_and_gpus():
     for bad in ("3", "a:b", "2:1", "0:0", "-1:2"):
         with pytest.raises(ValueError, match="MIN:MAX"):
             ray_serve.parse_autoscale(bad)
+
+
+def test_build_app_takes_the_serve_config_file(tmp_path, smollm2_path):
+    """The RayService / `serve run` path: `import_path: engine.server.ray_serve:build_app` with the JSON of
+    `serve --config` (by path), the replica options and limits beside it."""
+    cfg = tmp_path / "models.json"
+    cfg.write_text(json.dumps({"host": "0.0.0.0", "port": 9, "models": [
+        {"model": str(smollm2_path), "model_alias": "smol", "parallel": 3, "backend": "cpu"},
+        {"model": "hf://org/repo:Q4_K_M", "model_alias": "other"}]}))
+    keys = tmp_path / "keys"
+    keys.write_text("# ours\nk1\n")
+    app = ray_serve.build_app({"config": str(cfg), "autoscale": "1:3", "max_queue": 5, "n_ctx": 2048,
+                               "api_key_file": str(keys), "max_body_size": "1M"})
+    d = app._bound_deployment  # the bound deployment's options and constructor arguments
+    specs, api_keys, limits, _ = d.init_args
+    assert [(s["alias"], s["path"], s["n_ctx"], s["parallel"]) for s in specs] == [
+        ("smol", str(smollm2_path), 2048, 3), ("other", "hf://org/repo:Q4_K_M", 2048, 1)]
+    assert api_keys == ["k1"] and limits["max_queue"] == 5 and limits["max_body_bytes"] == 2**20
+    assert d.max_ongoing_requests == 6 and d.max_queued_requests == 5 and d.ray_actor_options == {"num_cpus": 1.0}
+    a = d._deployment_config.autoscaling_config
+    assert (a.min_replicas, a.max_replicas) == (1, 3)
+    assert ray_serve.build_app({"models": [{"model": str(smollm2_path)}], "replicas": 2})._bound_deployment.num_replicas == 2
+    with pytest.raises(ValueError, match="no model"):
+        ray_serve.build_app({"replicas": 2})
 
 
 def test_bad_flags_are_reported_before_ray_is_reached(smollm2_path):

@@ -192,7 +192,7 @@ def build_app(args: dict):
     if "config" in args:
         with open(args.pop("config")) as f:
             args = {**json.load(f), **args}
-    defaults = {k: args[k] for k in ("n_ctx", "parallel", "n_threads", "pull", "backend", "n_gpu_layers")
+    defaults = {k: args[k] for k in ("n_ctx", "parallel", "n_threads", "pull", "backend", "n_gpu_layers", "n_batch")
                 if k in args}
     specs = [for_replicas(ModelSpec.from_config(e, defaults)) for e in args.get("models", [])]
     if not specs:
@@ -228,9 +228,12 @@ def specs_for_ray(args, specs_from_args) -> tuple[list[dict], str, int]:
     is_ref = parse_ref(name).source != "file"
     if not is_ref and not Path(name).expanduser().is_file():
         raise ValueError(f"model file not found: {name}")
-    spec = ModelSpec(path=name, alias=args.alias or (name if is_ref else Path(name).name), n_ctx=args.ctx_size,
-                     parallel=args.parallel, n_threads=args.threads, chat_format=args.chat_template,
-                     pull=args.pull, backend=args.backend, n_gpu_layers=args.n_gpu_layers, device=args.device)
+    kw = dict(path=name, alias=args.alias or (name if is_ref else Path(name).name), n_ctx=args.ctx_size,
+              parallel=args.parallel, n_threads=args.threads, chat_format=args.chat_template, pull=args.pull,
+              backend=args.backend, n_gpu_layers=args.n_gpu_layers, device=args.device)
+    if getattr(args, "batch_size", None) and "n_batch" in {f.name for f in dataclasses.fields(ModelSpec)}:
+        kw["n_batch"] = args.batch_size  # -b, where the server batches
+    spec = ModelSpec(**kw)
     return [for_replicas(spec)], args.host or "127.0.0.1", int(args.port or 8080)
 
 
