@@ -224,7 +224,8 @@ def test_build_app_takes_the_serve_config_file(tmp_path, smollm2_path):
     assert d.max_ongoing_requests == 6 and d.max_queued_requests == 5 and d.ray_actor_options == {"num_cpus": 1.0}
     a = d._deployment_config.autoscaling_config
     assert (a.min_replicas, a.max_replicas) == (1, 3)
-    assert ray_serve.build_app({"models": [{"model": str(smollm2_path)}], "replicas": 2})._bound_deployment.num_replicas == 2
+    two = ray_serve.build_app({"models": [{"model": str(smollm2_path)}], "replicas": 2})
+    assert two._bound_deployment.num_replicas == 2
     with pytest.raises(ValueError, match="no model"):
         ray_serve.build_app({"replicas": 2})
 
