@@ -8,6 +8,7 @@ no retries, so a request that hangs fails the test and an error is seen as the s
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -187,6 +188,31 @@ def test_rendezvous_rank_is_stable_and_a_leaving_replica_moves_only_its_keys():
     assert {k for k in keys if after[k] != first[k]} == {k for k in keys if first[k] == "r3"}
     # the second choice of a key is where it goes when its first is full or gone
     assert all(after[k] == ray_serve.rendezvous_rank(k, ids)[1] for k in keys if first[k] == "r3")
+
+
+def test_router_ranks_one_replica_per_rank_in_the_sessions_order():
+    """What ConversationRouter hands Ray's routing loop (which tries each rank in turn, skipping a full
+    replica): a session's replicas one per rank in rendezvous order; no session: two at random, one rank."""
+    from types import SimpleNamespace as NS
+
+    reps = [NS(replica_id=NS(unique_id=u)) for u in ("a1", "b2", "c3")]
+
+    def pending(session):
+        return NS(metadata=NS(session_id=session), routing_context=NS(should_backoff=False))
+
+    def choose(p):
+        return asyncio.run(ray_serve.ConversationRouter.choose_replicas(None, reps, p))
+
+    p = pending("conversation-7")
+    ranks = choose(p)
+    assert [[r.replica_id.unique_id for r in rank] for rank in ranks] == \
+        [[u] for u in ray_serve.rendezvous_rank("conversation-7", ["a1", "b2", "c3"])]
+    assert p.routing_context.should_backoff  # all ranks tried: Ray backs off, no busy loop
+    assert choose(pending("conversation-7")) == ranks
+    ranks = choose(pending(""))
+    assert len(ranks) == 1 and len(ranks[0]) == 2 and len({id(r) for r in ranks[0]}) == 2
+    assert choose(None) and choose(pending("x")) and not asyncio.run(
+        ray_serve.ConversationRouter.choose_replicas(None, [], pending("x")))
 
 
 def test_deployment_options_replicas_autoscaling_and_gpus():

@@ -84,7 +84,8 @@ class EngineServer:
 
         self.registry = ModelRegistry([ModelSpec(**s) for s in specs], memory_budget=memory_budget)
         self.api_keys, self.limits = api_keys, limits
-        # the first model loads before Ray marks the replica running, so no request waits on a load
+        # the first model loads before Ray marks the replica running, so no request waits on a load; a
+        # load that fails fails the constructor, and Ray retries it (max_constructor_retry_count)
         await self.registry.get(None)
 
     def __serve_build_asgi_app__(self):
@@ -92,12 +93,6 @@ class EngineServer:
         from engine.server.limits import ServerLimits
 
         return create_app(self.registry, api_key=self.api_keys, limits=ServerLimits(**self.limits))
-
-    def check_health(self):
-        """Ray's periodic health check: a model that failed to load makes the replica unhealthy (it is
-        replaced) instead of answering every request with the same error."""
-        if self.registry.load_error is not None:
-            raise RuntimeError(f"model load failed: {self.registry.load_error}")
 
 
 # --- the deployment's options
