@@ -237,6 +237,11 @@ class GGUFPart:
             raise bad(f"unknown tensor type {type_id}") from None
         if any(d < 0 for d in ne):
             raise bad(f"impossible shape {list(ne)}")
+        extent = 1  # as llama.cpp: the element count must fit in int64 (a zero dimension hides no other)
+        for d in ne:
+            extent *= max(d, 1)
+        if extent >= 1 << 63:
+            raise bad(f"impossible shape {list(ne)}: more than 2^63 elements")
         n = 1
         for d in ne:
             n *= d

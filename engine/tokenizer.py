@@ -620,10 +620,26 @@ class Tokenizer:
         self.clean_spaces = clean_spaces
 
         # vocabulary
-        tokens = list(md.get(_K + "tokens") or [])
-        if not tokens:
+        tokens = md.get(_K + "tokens")
+        if tokens is None or len(tokens) == 0:
             raise TokenizerError("cannot find tokenizer vocab in model file")
+        if not isinstance(tokens, (list, tuple)) or not all(isinstance(t, str) for t in tokens):
+            raise TokenizerError(f"invalid vocabulary: {_K}tokens must be an array of strings")
+        tokens = list(tokens)
         n = len(tokens)
+        for key in ("scores", "token_type"):  # per-token arrays: one number per token
+            v = md.get(_K + key)
+            if isinstance(v, (list, tuple)):  # a metadata dict built by hand
+                try:
+                    v = np.asarray(v)
+                except ValueError:
+                    v = None if not v else v
+            if v is not None and (not isinstance(v, np.ndarray) or v.dtype.kind not in "iuf" or len(v) != n):
+                raise TokenizerError(f"invalid vocabulary: {_K}{key} must be an array of numbers, one for each of "
+                                     f"the {n} tokens")
+        merges = md.get(_K + "merges")
+        if merges is not None and not (isinstance(merges, (list, tuple)) and all(isinstance(m, str) for m in merges)):
+            raise TokenizerError(f"invalid vocabulary: {_K}merges must be an array of strings")
         for i, t in enumerate(tokens):
             if not t:
                 tokens[i] = f"[EMPTY_{i}]"
@@ -639,7 +655,11 @@ class Tokenizer:
         else:
             attr = np.full(n, ATTR_NORMAL)
         self._attr: list[int] = attr.astype(np.int64).tolist()
-        self._token_to_id: dict[str, int] = {t: i for i, t in enumerate(tokens)}  # duplicates: last wins
+        self._token_to_id: dict[str, int] = {t: i for i, t in enumerate(tokens)}
+        if len(self._token_to_id) != n:  # llama.cpp lets the last win; a text with two ids is a broken vocab
+            i = next(i for i, t in enumerate(tokens) if self._token_to_id[t] != i)
+            raise TokenizerError(f"invalid vocabulary: token {tokens[i]!r} appears twice (ids {i} and "
+                                 f"{self._token_to_id[tokens[i]]})")
         tok = self._token_to_id
 
         # special token ids: default (disabled when out of range), then the GGUF keys
