@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -99,6 +100,7 @@ def head():
     finally:
         ray.shutdown()
         _end_session(proc.pid)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 class Deployment:
