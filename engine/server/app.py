@@ -94,6 +94,8 @@ async def checked(fn, *args, **kw):
         return await asyncio.to_thread(fn, *args, **kw)
     except ValueError as e:
         raise APIError(400, str(e), code="invalid_request") from None
+    except RecursionError:  # a schema or tool definition nested deeper than Python's stack (found by fuzzing)
+        raise APIError(400, "the request nests objects too deeply to compile", code="invalid_request") from None
 
 
 def check_messages(body: dict) -> list[dict]:

@@ -3,7 +3,9 @@
 Each limit is one small piece that the request path calls, so that a scheduler can take it over:
 
 * `BodyLimit`: an ASGI middleware that answers 413 before the body is read (Content-Length) or as soon
-  as a chunked body passes the limit, so a 100 MB upload never reaches the JSON parser.
+  as a chunked body passes the limit, so a 100 MB upload never reaches the JSON parser; and 431 for
+  a request head of more than `MAX_HEADERS` fields or `MAX_HEADER_BYTES` (cpp-httplib, under
+  llama-server, refuses past 100 fields of 8 KB).
 * `cap_max_tokens`: llama-server's `-n/--n-predict`, the default and the ceiling of `max_tokens`.
 * `Admission`: how many requests of a model run at once and how many may wait for their turn; past
   that a 503 with `Retry-After`, as a load balancer expects, instead of an unbounded queue.
@@ -54,19 +56,29 @@ class BodyLimit:
     is closed. A declared Content-Length is judged before any byte of the body is read; a chunked body
     as it arrives (the handler then sees a disconnect, and nothing it sends goes out)."""
 
+    MAX_HEADERS = 256
+    MAX_HEADER_BYTES = 64 * 1024
+
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
 
-    async def _reject(self, send):
-        body = error_body(f"request body is larger than the server's limit of {self.max_bytes} bytes "
-                          "(--max-body-size)", "invalid_request_error", "request_too_large")
-        await send({"type": "http.response.start", "status": 413,
+    async def _reject(self, send, status: int = 413, message: str | None = None):
+        body = error_body(message or f"request body is larger than the server's limit of {self.max_bytes} bytes "
+                          "(--max-body-size)", "invalid_request_error",
+                          "request_too_large" if status == 413 else "headers_too_large")
+        await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"connection", b"close"),
                                 (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not self.max_bytes:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = scope["headers"]
+        if len(headers) > self.MAX_HEADERS or sum(len(k) + len(v) for k, v in headers) > self.MAX_HEADER_BYTES:
+            return await self._reject(send, 431, f"request has {len(headers)} header fields; at most {self.MAX_HEADERS} "
+                                                 f"fields of {self.MAX_HEADER_BYTES} bytes in all are accepted")
+        if not self.max_bytes:
             return await self.app(scope, receive, send)
         for name, value in scope["headers"]:
             if name == b"content-length":
