@@ -143,7 +143,13 @@ class Job:
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self):
-        put = lambda x: self.loop.call_soon_threadsafe(self.queue.put_nowait, x)  # noqa: E731
+        def call(fn, *args):  # after a shutdown cancelled the request the loop is closed: no one to tell
+            try:
+                self.loop.call_soon_threadsafe(fn, *args)
+            except RuntimeError:
+                pass
+
+        put = lambda x: call(self.queue.put_nowait, x)  # noqa: E731
 
         def room() -> bool:  # wait while the reader is `buffer` pieces behind; False once cancelled
             while not self.room.acquire(timeout=0.1):
@@ -172,7 +178,7 @@ class Job:
                 self.model.active -= 1
                 self.model.free.put_nowait(self.engine)
 
-            self.loop.call_soon_threadsafe(release)
+            call(release)
 
     async def pieces(self):
         try:
