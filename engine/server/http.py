@@ -13,7 +13,9 @@ Two things uvicorn does not do by itself:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -83,6 +85,16 @@ class _Server(uvicorn.Server):
                 self._captured_signals.clear()
 
 
+class _QuietCancel(logging.Filter):
+    """Past the grace period uvicorn cancels the requests still running and logs each as an
+    "Exception in ASGI application" with the CancelledError's traceback: that is the shutdown working
+    as asked (it says so in its own line before), not a failure, so its traceback is left out."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, asyncio.CancelledError)
+
+
 def serve(app, host: str, port: int, *, idle_timeout: float = 600.0, graceful_shutdown: float = 10.0,
           log_level: str = "warning") -> int:
     """Serve `app` until SIGINT/SIGTERM; 0 after a clean stop."""
@@ -90,5 +102,6 @@ def serve(app, host: str, port: int, *, idle_timeout: float = 600.0, graceful_sh
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, http=protocol, access_log=False,
                             timeout_graceful_shutdown=graceful_shutdown if graceful_shutdown >= 0 else None)
     server = _Server(config)
+    logging.getLogger("uvicorn.error").addFilter(_QuietCancel())
     server.run()
     return 0 if server.started else 1
