@@ -24,6 +24,8 @@ from .auth import OPEN_PATHS, APIKeys, presented_key, read_keys
 from .file_guard import ModelFileGuard, ModelFileChanged
 from .limits import Admission, BodyLimit, Busy, ServerLimits, cap_max_tokens
 from .registry import ModelRegistry, UnknownModel
+from engine.gguf_file import GGUFError
+from engine.tokenizer import TokenizerError
 from .structured import extra_sampling, structured_fields, tool_fields
 
 
@@ -247,6 +249,12 @@ def create_app(registry: ModelRegistry, api_key: str | list[str] | APIKeys | Non
     async def file_changed(request, e: ModelFileChanged):
         stats["errors"] += 1
         return error_response(503, str(e), "server_error", "model_file_changed")
+
+    @app.exception_handler(GGUFError)
+    @app.exception_handler(TokenizerError)
+    async def load_failed(request, e: Exception):  # a bad model file: its requests fail, the others go on
+        stats["errors"] += 1
+        return error_response(500, f"the model could not be loaded: {e}", "server_error", "model_load_failed")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, e: StarletteHTTPException):  # unknown routes and methods, in OpenAI's shape
