@@ -1,11 +1,13 @@
-"""Server throughput under concurrent clients: ours (`python -m engine serve`) beside llama-cpp-python's
-server (`python -m llama_cpp.server`) on the same model, in the same run.
+"""Server throughput under concurrent clients: ours (`python -m engine serve`, continuous batching) with
+16 slots and with 1, beside llama-cpp-python's server (`python -m llama_cpp.server`) on the same model, in
+the same run.
 
-    python benchmarks/bench_server.py [-m MODEL] [--clients 4 16] [--requests 16] [--max-tokens 32] [-t 2]
+    python benchmarks/bench_server.py [-m MODEL ...] [--clients 1 4 16] [--requests 32] [--max-tokens 32] [-t 2]
 
-Each client sends chat requests back to back (different prompts, temperature 0.8, seeded) until the
-run's request count is done. Reported: requests/s, generated tokens/s, p50/p95 request latency.
-llama-cpp-python's server serves one request at a time; ours runs `--parallel` slots.
+Each client sends streamed chat requests back to back (different prompts, temperature 0.8, seeded)
+until the run's request count is done. Reported per server and client count: requests/s, generated
+tokens/s, p50/p95 time to first token and p50/p95 request latency. llama-cpp-python's server serves
+one request at a time; ours batches every active sequence into one forward pass per step.
 """
 
 from __future__ import annotations
@@ -45,19 +47,35 @@ def wait_ready(base: str, proc, timeout: float = 180):
     raise RuntimeError("server not ready")
 
 
-def chat(base: str, model: str, i: int, max_tokens: int) -> tuple[float, int]:
+def chat(base: str, model: str, i: int, max_tokens: int) -> tuple[float, float, int]:
+    """One streamed chat: (time to first token, latency, completion tokens)."""
     body = {"model": model, "messages": [{"role": "user", "content": f"Write a sentence about the number {i}."}],
-            "max_tokens": max_tokens, "temperature": 0.8, "seed": i}
+            "max_tokens": max_tokens, "temperature": 0.8, "seed": i, "stream": True,
+            "stream_options": {"include_usage": True}}
     req = urllib.request.Request(base + "/v1/chat/completions", json.dumps(body).encode(),
                                  {"Content-Type": "application/json"})
     t0 = time.perf_counter()
+    ttft, n = None, 0
     with urllib.request.urlopen(req, timeout=600) as r:
-        out = json.loads(r.read())
-    return time.perf_counter() - t0, int(out["usage"]["completion_tokens"])
+        for line in r:
+            if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
+                continue
+            ev = json.loads(line[6:])
+            if ttft is None and any((c.get("delta") or {}).get("content") for c in ev.get("choices", [])):
+                ttft = time.perf_counter() - t0
+            if ev.get("usage"):
+                n = int(ev["usage"]["completion_tokens"])
+    lat = time.perf_counter() - t0
+    return ttft if ttft is not None else lat, lat, n
+
+
+def pct(xs, q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
 def load(base: str, model: str, clients: int, n_requests: int, max_tokens: int) -> dict:
-    lock, next_i, lat, toks = threading.Lock(), [0], [], []
+    lock, next_i, ttfts, lat, toks = threading.Lock(), [0], [], [], []
 
     def worker():
         while True:
@@ -66,8 +84,9 @@ def load(base: str, model: str, clients: int, n_requests: int, max_tokens: int) 
                     return
                 i = next_i[0]
                 next_i[0] += 1
-            dt, n = chat(base, model, i, max_tokens)
+            first, dt, n = chat(base, model, i, max_tokens)
             with lock:
+                ttfts.append(first)
                 lat.append(dt)
                 toks.append(n)
 
@@ -79,49 +98,59 @@ def load(base: str, model: str, clients: int, n_requests: int, max_tokens: int) 
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    lat.sort()
-    return {"requests_s": n_requests / wall, "tokens_s": sum(toks) / wall, "p50_s": statistics.median(lat),
-            "p95_s": lat[min(len(lat) - 1, int(0.95 * len(lat)))]}
+    return {"requests_s": n_requests / wall, "tokens_s": sum(toks) / wall, "ttft_p50": statistics.median(ttfts),
+            "ttft_p95": pct(ttfts, 0.95), "p50_s": statistics.median(lat), "p95_s": pct(lat, 0.95)}
 
 
 def main(argv=None) -> int:
     import fetch_test_models
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("-m", "--model", default=str(fetch_test_models.DEFAULT_DIR / fetch_test_models.SMOLLM2))
-    ap.add_argument("--clients", type=int, nargs="+", default=[4, 16])
-    ap.add_argument("--requests", type=int, default=16)
+    ap.add_argument("-m", "--model", nargs="+",
+                    default=[str(fetch_test_models.DEFAULT_DIR / fetch_test_models.SMOLLM2)])
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--requests", type=int, default=32)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("-t", "--threads", type=int, default=2)
-    ap.add_argument("--parallel", type=int, default=2, help="our server's slots")
+    ap.add_argument("--parallel", type=int, default=16, help="our batched server's slots")
     ap.add_argument("--no-reference", action="store_true", help="skip llama-cpp-python's server")
+    ap.add_argument("--no-single", action="store_true", help="skip our single-slot server")
     args = ap.parse_args(argv)
 
-    servers = {
-        f"ours (--parallel {args.parallel})": [sys.executable, "-m", "engine", "serve", "-m", args.model, "--alias", "m",
-                                               "-c", "2048", "-t", str(args.threads), "--parallel", str(args.parallel)],
-        "llama-cpp-python server": [sys.executable, "-m", "llama_cpp.server", "--model", args.model, "--model_alias", "m",
-                                    "--n_ctx", "2048", "--n_threads", str(args.threads), "--n_threads_batch",
-                                    str(args.threads)],
-    }
-    if args.no_reference:
-        servers = dict(list(servers.items())[:1])
-    print(f"{Path(args.model).name}, {args.requests} requests of up to {args.max_tokens} tokens, {args.threads} threads\n")
-    print("| server | clients | requests/s | tokens/s | p50 latency s | p95 latency s |")
-    print("|---|---|---|---|---|---|")
-    for name, cmd in servers.items():
-        port = free_port()
-        proc = subprocess.Popen(cmd + ["--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_ready(base, proc)
-            for c in args.clients:
-                r = load(base, "m", c, args.requests, args.max_tokens)
-                print(f"| {name} | {c} | {r['requests_s']:.2f} | {r['tokens_s']:.1f} | {r['p50_s']:.2f} | {r['p95_s']:.2f} |",
-                      flush=True)
-        finally:
-            proc.terminate()
-            proc.wait(20)
+    n_ctx = 512 * args.parallel  # 512 positions a slot, as many as llama-cpp-python's one sequence gets
+    for model in args.model:
+        servers = {
+            f"ours (--parallel {args.parallel})": [
+                sys.executable, "-m", "engine", "serve", "-m", model, "--alias", "m", "-c", str(n_ctx),
+                "-t", str(args.threads), "--parallel", str(args.parallel)],
+            "ours (--parallel 1)": [sys.executable, "-m", "engine", "serve", "-m", model, "--alias", "m", "-c", "512",
+                                    "-t", str(args.threads), "--parallel", "1"],
+            "llama-cpp-python server": [
+                sys.executable, "-m", "llama_cpp.server", "--model", model, "--model_alias", "m", "--n_ctx", "512",
+                "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads)],
+        }
+        if args.no_single:
+            servers.pop("ours (--parallel 1)")
+        if args.no_reference:
+            servers.pop("llama-cpp-python server")
+        print(f"\n{Path(model).name}, {args.requests} streamed requests of up to {args.max_tokens} tokens, "
+              f"{args.threads} threads\n")
+        print("| server | clients | requests/s | tokens/s | TTFT p50 s | TTFT p95 s | latency p50 s | latency p95 s |")
+        print("|---|---|---|---|---|---|---|---|")
+        for name, cmd in servers.items():
+            port = free_port()
+            proc = subprocess.Popen(cmd + ["--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+            base = f"http://127.0.0.1:{port}"
+            try:
+                wait_ready(base, proc)
+                for c in args.clients:
+                    r = load(base, "m", c, args.requests, args.max_tokens)
+                    print(f"| {name} | {c} | {r['requests_s']:.2f} | {r['tokens_s']:.1f} | {r['ttft_p50']:.2f} | "
+                          f"{r['ttft_p95']:.2f} | {r['p50_s']:.2f} | {r['p95_s']:.2f} |", flush=True)
+            finally:
+                proc.terminate()
+                proc.wait(20)
     return 0
 
 

@@ -26,7 +26,12 @@ def add_arguments(p):
     p.add_argument("--port", type=int, default=None, help="default 8080")
     p.add_argument("-c", "--ctx-size", type=int, default=4096)
     p.add_argument("-t", "--threads", type=int, default=None)
-    p.add_argument("-np", "--parallel", type=int, default=1, help="slots per model (concurrent generations)")
+    p.add_argument("-np", "--parallel", type=int, default=1,
+                   help="slots per model: sequences decoded together in each batched step; each slot gets "
+                        "ctx-size / parallel positions of the KV cache (as llama-server)")
+    p.add_argument("-b", "--batch-size", type=int, default=512,
+                   help="tokens a batched step takes at most: every decoding sequence's next token, then prompt "
+                        "chunks (default 512)")
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' on every route but /health (several: KEY1,KEY2)")
     p.add_argument("--api-key-file", default=None, help="file of API keys, one a line ('#' starts a comment)")
@@ -69,7 +74,8 @@ def specs_from_args(args):
         with open(args.config) as f:
             cfg = json.load(f)
         defaults = {"n_ctx": args.ctx_size, "parallel": args.parallel, "n_threads": args.threads, "pull": args.pull,
-                    "backend": args.backend, "n_gpu_layers": args.n_gpu_layers, "device": args.device}
+                    "backend": args.backend, "n_gpu_layers": args.n_gpu_layers, "device": args.device,
+                    "n_batch": args.batch_size}
         specs = [ModelSpec.from_config(e, defaults) for e in cfg.get("models", [])]
         host = host or cfg.get("host")
         port = port or cfg.get("port")
@@ -81,7 +87,8 @@ def specs_from_args(args):
         is_ref = name is not None and parse_ref(name).source != "file"
         specs = [ModelSpec(path=path, alias=args.alias or (name if is_ref else Path(path).name), n_ctx=args.ctx_size,
                            parallel=args.parallel, n_threads=args.threads, chat_format=args.chat_template,
-                           backend=args.backend, n_gpu_layers=args.n_gpu_layers, device=args.device)]
+                           backend=args.backend, n_gpu_layers=args.n_gpu_layers, device=args.device,
+                           n_batch=args.batch_size)]
     return specs, host or "127.0.0.1", int(port or 8080)
 
 

@@ -76,7 +76,8 @@ def sampling_from(body: dict) -> dict:
     if stop is not None and not (isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) for s in stop))):
         raise APIError(400, "'stop' must be a string or an array of strings", code="invalid_type")
     seed = _field(body, "seed", int, None)
-    return dict(
+    cache_prompt = _field(body, "cache_prompt", bool, True)
+    return dict(cache_prompt=cache_prompt,
         max_tokens=-1 if max_tokens is None else max_tokens,
         temperature=float(_field(body, "temperature", num, 0.8, low=0, high=2)),
         top_p=float(_field(body, "top_p", num, 0.95, low=0, high=1)),
@@ -127,8 +128,10 @@ class Job:
 
     _END = object()
 
-    def __init__(self, model, make_iter, buffer: int = 64):
-        self.model, self.make_iter = model, make_iter
+    def __init__(self, model, make_iter, buffer: int = 64, prompt: list[int] | None = None):
+        """`prompt`: the token ids the generation starts from, to pick the slot that holds most of
+        them (engine/server/slots.py); None takes the least recently used slot."""
+        self.model, self.make_iter, self.prompt = model, make_iter, prompt
         self.cancel = threading.Event()
         self.queue: asyncio.Queue = asyncio.Queue()
         self.room = threading.Semaphore(buffer)  # pieces a slow reader lets pile up, at most
@@ -138,7 +141,7 @@ class Job:
         m = self.model
         m.waiting += 1
         try:
-            self.engine = await m.free.get()
+            self.engine = await m.free.get(self.prompt)
         finally:
             m.waiting -= 1
         m.active += 1
@@ -194,6 +197,17 @@ class Job:
                 yield item
         finally:
             self.cancel.set()
+
+
+def batching_props(engine) -> dict:
+    """The model's batch scheduler for /props: its step budget, the steps run, and whether a request's
+    tokens are independent of the others in its steps (engine/batching.py)."""
+    sched = getattr(engine.cache, "scheduler", None)
+    if sched is None:
+        return {"batch_invariant": True, "continuous_batching": False}
+    st = sched.stats()
+    return {"batch_invariant": st["batch_invariant"], "continuous_batching": True, "n_batch": st["budget"],
+            "batching": {"steps": st["steps"], "tokens": st["tokens"], "max_batch": st["max_batch"]}}
 
 
 def device_props(engine) -> dict:
@@ -312,7 +326,7 @@ def create_app(registry: ModelRegistry, api_key: str | list[str] | APIKeys | Non
         return {"model_path": m.spec.path, "model_alias": m.spec.alias, "total_slots": len(m.engines),
                 "n_ctx": e.n_ctx, "chat_template": e.chat_template(m.spec.chat_format).source
                 if hasattr(e.chat_template(m.spec.chat_format), "source") else None,
-                "default_generation_settings": {"n_ctx": e.n_ctx}, **device_props(e)}
+                "default_generation_settings": {"n_ctx": e.n_ctx}, **device_props(e), **batching_props(e)}
 
     @app.get("/metrics", openapi_extra=schemas.get_doc(media="text/plain"))
     async def metrics():
@@ -367,7 +381,7 @@ def create_app(registry: ModelRegistry, api_key: str | list[str] | APIKeys | Non
         stats["predicted_ms"] += done.timings.predicted_ms
 
     def usage_of(done) -> dict:
-        return done.usage
+        return dict(done.usage, prompt_tokens_details={"cached_tokens": done.timings.cache_n})
 
     def timings_of(done) -> dict:
         t = done.timings
@@ -431,7 +445,7 @@ def create_app(registry: ModelRegistry, api_key: str | list[str] | APIKeys | Non
                 adm.release()
         return release
 
-    async def begin(m, make_iter) -> Job:
+    async def begin(m, make_iter, prompt: list[int] | None = None) -> Job:
         """The Job of a generation once admitted; cancelled with a 504 past --request-timeout."""
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + limits.request_timeout if limits.request_timeout > 0 else None
@@ -450,7 +464,7 @@ def create_app(registry: ModelRegistry, api_key: str | list[str] | APIKeys | Non
             finally:
                 loop.call_soon_threadsafe(finished)
 
-        job = Job(m, guarded, buffer=limits.stream_buffer)
+        job = Job(m, guarded, buffer=limits.stream_buffer, prompt=prompt)
         try:
             files.hold(m, job)
             await job.start()
@@ -504,7 +518,8 @@ def create_app(registry: ModelRegistry, api_key: str | list[str] | APIKeys | Non
         conform(body, schemas.ChatCompletionRequest)
         m = await registry.get(body.get("model"))
         plan = await chat_plan(m, msgs, extra, kw, structured)
-        job = await begin(m, runs(n, kw, lambda e, k: e.chat_ids(plan.ids, stream=True, plan=plan, **k)))
+        job = await begin(m, runs(n, kw, lambda e, k: e.chat_ids(plan.ids, stream=True, plan=plan, **k)),
+                          plan.ids if kw["cache_prompt"] else None)
         cid, created, model_name = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), m.spec.alias
 
         def chunk(i: int, delta: dict, finish=None, logprobs=None, **more) -> str:
@@ -527,6 +542,7 @@ def create_app(registry: ModelRegistry, api_key: str | list[str] | APIKeys | Non
                             account(done)
                             usage["prompt_tokens"] = done.prompt_tokens
                             usage["completion_tokens"] += len(done.tokens)
+                            usage.setdefault("prompt_tokens_details", {"cached_tokens": done.timings.cache_n})
                             yield chunk(i, {}, done.finish_reason, timings=timings_of(done))
                         elif p.kind == "reasoning" and p.text:
                             yield chunk(i, {"reasoning_content": p.text}, logprobs=lp)
@@ -573,7 +589,8 @@ def create_app(registry: ModelRegistry, api_key: str | list[str] | APIKeys | Non
         dones = list(dones)
         c = sum(len(d.tokens) for d in dones)
         p = dones[0].prompt_tokens
-        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
+                "prompt_tokens_details": {"cached_tokens": dones[0].timings.cache_n}}
 
     def legacy_logprobs(entries, offset: int) -> dict:
         out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
@@ -617,7 +634,8 @@ def create_app(registry: ModelRegistry, api_key: str | list[str] | APIKeys | Non
             from engine.constrain import compile_grammar
 
             kw["grammar"] = await checked(compile_grammar, eng.tokenizer, **structured)
-        job = await begin(m, runs(n, kw, lambda e, k: e.generate(ids, stream=True, **k)))
+        job = await begin(m, runs(n, kw, lambda e, k: e.generate(ids, stream=True, **k)),
+                          ids if kw["cache_prompt"] else None)
         cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         head = eng.detokenize(ids) if echo else ""
 
@@ -635,7 +653,7 @@ def create_app(registry: ModelRegistry, api_key: str | list[str] | APIKeys | Non
                             yield f"data: {json.dumps(obj(p.index, head), ensure_ascii=False)}\n\n"
                         if p.completion is not None:
                             account(p.completion)
-                            yield f"data: {json.dumps(obj(p.index, '', p.completion.finish_reason, usage=p.completion.usage))}\n\n"
+                            yield f"data: {json.dumps(obj(p.index, '', p.completion.finish_reason, usage=usage_of(p.completion)))}\n\n"
                         elif p.text:
                             lp = legacy_logprobs(p.logprobs, 0) if p.logprobs else None
                             yield f"data: {json.dumps(obj(p.index, p.text, logprobs=lp), ensure_ascii=False)}\n\n"
@@ -742,7 +760,8 @@ def create_app(registry: ModelRegistry, api_key: str | list[str] | APIKeys | Non
         conform(body, schemas.ResponsesRequest)
         m = await registry.get(body.get("model"))
         plan = await chat_plan(m, msgs, extra, kw, structured_fields(body, responses=True))
-        job = await begin(m, lambda e: e.chat_ids(plan.ids, stream=True, plan=plan, **kw))
+        job = await begin(m, lambda e: e.chat_ids(plan.ids, stream=True, plan=plan, **kw),
+                          plan.ids if kw["cache_prompt"] else None)
         rid, created = f"resp_{uuid.uuid4().hex[:24]}", int(time.time())
         msg_id, rs_id = f"msg_{uuid.uuid4().hex[:24]}", f"rs_{uuid.uuid4().hex[:24]}"
 

@@ -1,8 +1,10 @@
 """The models a server offers: aliases, lazy loading, slots, least-recently-used unloading.
 
 A model is loaded on its first request (in a worker thread, so the event loop and /health keep
-answering) as `parallel` Engines over the same memory-mapped file: the weights are shared through the
-page cache, each slot has its own KV cache. A request takes a free slot or waits in the queue.
+answering) as `parallel` slots: Engines over one model (its weights loaded once), each with its region
+of the KV pool (n_ctx / parallel positions, as llama-server divides -c), all stepping together in one
+BatchScheduler (engine/batching.py: continuous batching). A request takes the free slot that holds the
+longest prefix of its prompt (slots.py) or waits in the queue.
 """
 
 from __future__ import annotations
@@ -13,6 +15,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from engine.batching import batched_slots
+
+from .slots import SlotPool
 
 
 @dataclass
@@ -28,6 +34,7 @@ class ModelSpec:
     backend: str = "auto"               # where it runs (engine.backends): auto, cuda, rocm, opencl, cpu, numpy
     n_gpu_layers: int | None = None     # llama.cpp's -ngl / n_gpu_layers (None: all layers)
     device: int | None = None           # GPU index
+    n_batch: int = 512                  # tokens a batched step takes at most (llama.cpp's -b)
 
     @classmethod
     def from_config(cls, entry: dict, defaults: dict) -> "ModelSpec":
@@ -42,7 +49,8 @@ class ModelSpec:
                    chat_format=entry.get("chat_format"), pull=str(entry.get("pull", defaults.get("pull", "missing"))),
                    backend=str(entry.get("backend", defaults.get("backend", "auto"))),
                    n_gpu_layers=entry.get("n_gpu_layers", defaults.get("n_gpu_layers")),
-                   device=entry.get("main_gpu", defaults.get("device")))
+                   device=entry.get("main_gpu", defaults.get("device")),
+                   n_batch=int(entry.get("n_batch", defaults.get("n_batch", 512))))
 
 
 class UnknownModel(KeyError):
@@ -58,7 +66,7 @@ class UnknownModel(KeyError):
 class LoadedModel:
     spec: ModelSpec
     engines: list
-    free: asyncio.Queue
+    free: "SlotPool"
     last_used: float = field(default_factory=time.monotonic)
     active: int = 0      # requests holding a slot
     waiting: int = 0     # requests queued for one
@@ -111,10 +119,7 @@ class ModelRegistry:
 
     def _install(self, spec: ModelSpec, engines: list):
         """Make loaded engines the model's slots (on the event loop)."""
-        free: asyncio.Queue = asyncio.Queue()
-        for e in engines:
-            free.put_nowait(e)
-        self.loaded[spec.alias] = LoadedModel(spec, engines, free)
+        self.loaded[spec.alias] = LoadedModel(spec, engines, SlotPool(engines))
 
     @staticmethod
     def _load(spec: ModelSpec) -> list:
@@ -125,10 +130,13 @@ class ModelRegistry:
         spec.file = str(resolve_model(spec.path, pull=spec.pull))
         first = Engine.load(spec.file, n_ctx=spec.n_ctx, n_threads=spec.n_threads or os.cpu_count(),
                             backend=spec.backend, n_gpu_layers=spec.n_gpu_layers, device=spec.device)
-        engines = [first]
-        for _ in range(spec.parallel - 1):  # same weights (memory map, page cache), own KV cache
-            engines.append(type(first)(first.gguf, first.model, first.backend, first.tokenizer, first.n_ctx))
-        return engines
+        return batched_slots(first, spec.parallel, spec.n_batch)
+
+    def _unload(self, alias: str):
+        m = self.loaded.pop(alias)
+        sched = getattr(m.engine.cache, "scheduler", None)
+        if sched is not None:
+            sched.close()
 
     def _evict(self, keep: str):
         """Unload least recently used models (not busy, not `keep`) while over the memory budget."""
@@ -139,7 +147,7 @@ class ModelRegistry:
             if not idle:
                 return
             victim = min(idle, key=lambda m: m.last_used)
-            del self.loaded[victim.spec.alias]
+            self._unload(victim.spec.alias)
 
     def _resident(self) -> int:
         return sum(Path(m.spec.file or m.spec.path).stat().st_size for m in self.loaded.values())
