@@ -115,3 +115,61 @@ def test_request_timeout_is_504_and_frees_the_slot(model):
         assert status == 200, body  # the slot was given back
     finally:
         srv.stop()
+
+
+async def _stalled_stream(app, registry, body: bytes, stall: float) -> tuple[int, int]:
+    """POST `body` to the ASGI app, take the response head and first piece, then stop reading for
+    `stall` seconds; the model's busy slots then, and after reading the rest."""
+    import asyncio
+
+    sent, resume = [], asyncio.Event()
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive():
+        if messages:
+            return messages.pop()
+        await asyncio.Event().wait()  # the client neither sends more nor leaves
+
+    async def send(message):
+        sent.append(message)
+        if message["type"] == "http.response.body" and len(sent) >= 2:
+            await resume.wait()  # a client that stopped reading: the transport is paused
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/completions", "raw_path": b"/v1/completions", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    task = asyncio.create_task(app(scope, receive, send))
+    await asyncio.sleep(stall)
+    busy = sum(m.active for m in registry.loaded.values())
+    resume.set()
+    await asyncio.wait_for(task, 120)
+    assert b"data: [DONE]" in b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return busy, sum(m.active for m in registry.loaded.values())
+
+
+def test_a_client_that_stops_reading_a_stream_pauses_its_generation(model):
+    """A reader that stalls does not make the server buffer the whole answer: once the stream's buffer
+    (--stream-buffer pieces, 64) is full the generation waits, holding its slot, and goes on when the
+    client reads. (Over a real socket the kernel's send buffer, up to tcp_wmem's 4 MB, comes first.)
+    The control: with a buffer larger than the answer, the same stall finds the generation done."""
+    import asyncio
+
+    from engine.server.app import create_app
+    from engine.server.limits import ServerLimits
+    from engine.server.registry import ModelRegistry, ModelSpec
+
+    body = json.dumps({**LONG, "max_tokens": 1000, "stream": True}).encode()
+    for buffer, paused in ((64, True), (10**6, False)):
+        registry = ModelRegistry([ModelSpec(path=model, alias="tiny", n_ctx=2048, n_threads=1)])
+        app = create_app(registry, limits=ServerLimits(stream_buffer=buffer))
+
+        async def run():
+            start = time.monotonic()
+            await _stalled_stream(app, registry, body, 0.0)  # loads the model, warms up; how long it takes
+            whole = time.monotonic() - start
+            return await _stalled_stream(app, registry, body, whole + 1.0)
+
+        busy, after = asyncio.run(run())
+        assert busy == (1 if paused else 0), (buffer, busy)
+        assert after == 0
