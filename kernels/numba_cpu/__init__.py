@@ -6,19 +6,25 @@ Weights are used in their GGML storage layout as `upload` returns them: no repac
 Activations are rounded as llama.cpp rounds them (`activations="llama.cpp"`, see quant/activations.py)
 unless asked for exact float32 products (`activations="f32"`); for Q4_1/Q5_1 weights they carry
 block sums (activations.for_weight).
+Compiled kernels are cached on disk in a per-user directory set up before any of them is defined
+(kernel_cache.py); each type's product drivers compile on the first product of that type.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from . import kernel_cache
 
-from quant import QTensor
+kernel_cache.configure()  # before the kernel modules below decorate anything
 
-from kernels.base import check_activations
+import numpy as np  # noqa: E402
 
-from . import products
-from .activations import for_weight
-from .ops import NumbaOps
+from quant import QTensor  # noqa: E402
+
+from kernels.base import check_activations  # noqa: E402
+
+from . import products, warm  # noqa: E402
+from .activations import for_weight  # noqa: E402
+from .ops import NumbaOps  # noqa: E402
 
 
 class NumbaBackend(NumbaOps):
@@ -30,6 +36,8 @@ class NumbaBackend(NumbaOps):
         max_threads = numba.config.NUMBA_NUM_THREADS
         self.n_threads = max(1, min(int(n_threads or max_threads), max_threads))
         self.activations = check_activations(activations)
+        self._qtypes: set = set()  # the weight types uploaded (warm.products_for)
+        warm.start()  # with an empty kernel cache: a helper compiles the op kernels meanwhile
 
     def _x_for(self, x, w: QTensor):
         return for_weight(x, w.qtype, self.activations)
@@ -40,6 +48,7 @@ class NumbaBackend(NumbaOps):
         """Weights stay as they are (zero-copy views of the file); checks the type has kernels."""
         if isinstance(t, QTensor) and len(t.shape) >= 2:
             products.drivers(t.qtype)
+            self._qtypes.add(t.qtype)
         return t
 
     def asarray(self, x) -> np.ndarray:

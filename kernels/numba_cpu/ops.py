@@ -1,8 +1,13 @@
 """Elementwise ops and attention as Numba kernels, with the semantics of `kernels.ops_numpy`.
 
-Every op has a serial and a parallel driver around the same row (or item) function: small inputs
-(decode) skip the cost of starting the thread pool. rope and gelu do the same float32 operations as
-the reference (gelu bit for bit: the fp16 rounding is done with integer ops); rms_norm too, but its
+The activations and attention have a serial and a parallel driver around the same block (or item)
+function: small inputs (decode) skip the cost of starting the thread pool. RMSNorm, RoPE and softmax
+only have a serial one: a prompt's are a few microseconds a row, a parallel driver took ~1-2 s more
+to compile on a first run (Numba's parallel loops compile slowly; see warm.py) and ran no faster on
+2 cores (a 128-token prompt of SmolLM2: RMSNorm 16 us either way, RoPE 90-180 us serial against
+470 us and more parallel, the pool's wake-up dominating).
+
+rope and gelu do the same float32 operations as the reference (gelu bit for bit: the fp16 rounding is done with integer ops); rms_norm too, but its
 double sum is reassociated so that it vectorizes. softmax, silu and attention use a vectorizable
 polynomial exp (`_exp`, within 3e-7 of expf; ggml's SIMD paths use their own polynomial too) and
 'reassoc' so that dot products and sums vectorize.
@@ -23,6 +28,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..base import RopeParams
+from . import pool
 from .activations import to_f16
 from .rows_common import as_f32
 from ..ops_numpy import (
@@ -48,6 +54,8 @@ _JIT = dict(cache=True, nogil=True, boundscheck=False, error_model="numpy")
 _JIT_FAST = dict(_JIT, fastmath={"reassoc", "contract", "nsz", "arcp"})
 
 PAR_MIN = 1 << 15  # elements (or multiply-adds for attention) below which a kernel runs serially
+# The parallel drivers hand prange's index to the item functions as int64: prange counts in uint64,
+# and an item function called with both would be compiled (~1 s each) once per index type.
 
 
 # --- a vectorizable expf (Cephes polynomial, <= 3e-7 relative error; ggml's own SIMD silu and
@@ -95,12 +103,6 @@ def _rms_row(x, w, has_w, eps, y):
     else:
         for j in range(n):
             y[j] = x[j] * scale
-
-
-@njit(parallel=True, **_JIT)
-def _rms_norm_par(x, w, has_w, eps, y):
-    for i in prange(x.shape[0]):
-        _rms_row(x[i], w, has_w, eps, y[i])
 
 
 @njit(**_JIT)
@@ -159,12 +161,6 @@ def _rope_token(x, out, t, pos, n_dims, neox, theta_scale, freq_scale, ext_facto
             yr[d] = xr[d]
 
 
-@njit(parallel=True, **_JIT)
-def _rope_par(x, out, pos, n_dims, neox, theta_scale, freq_scale, ext_factor, mscale, low, high, ff, has_ff):
-    for t in prange(x.shape[0]):
-        _rope_token(x, out, t, pos, n_dims, neox, theta_scale, freq_scale, ext_factor, mscale, low, high, ff, has_ff)
-
-
 @njit(**_JIT)
 def _rope_ser(x, out, pos, n_dims, neox, theta_scale, freq_scale, ext_factor, mscale, low, high, ff, has_ff):
     for t in range(x.shape[0]):
@@ -188,12 +184,6 @@ def _softmax_row(x, y):
     inv = np.float32(1.0 / s)
     for j in range(n):
         y[j] = y[j] * inv
-
-
-@njit(parallel=True, **_JIT)
-def _softmax_par(x, y):
-    for i in prange(x.shape[0]):
-        _softmax_row(x[i], y[i])
 
 
 @njit(**_JIT)
@@ -251,7 +241,7 @@ def _act_block(kind, x, xb, g, y, b):
 def _act_par(kind, x, g, y):
     xb = x.view(np.uint32)
     for b in prange((x.shape[0] + BLOCK - 1) // BLOCK):
-        _act_block(kind, x, xb, g, y, b)
+        _act_block(kind, x, xb, g, y, np.int64(b))
 
 
 @njit(**_JIT)
@@ -420,8 +410,8 @@ def _attn_item(it, q, k, v, q_pos, kv_pos, scale, window, sinks, has_sinks, n_ch
 def _attn_par(q, k, v, q_pos, kv_pos, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf, p16, softcap):
     n_items = q.shape[0] * k.shape[1] * n_chunks
     for it in prange(n_items):
-        _attn_item(it, q, k, v, q_pos, kv_pos, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf, p16,
-                   softcap)
+        _attn_item(np.int64(it), q, k, v, q_pos, kv_pos, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf,
+                   abuf, p16, softcap)
 
 
 @njit(**_JIT)
@@ -471,20 +461,31 @@ def _f32c(x) -> np.ndarray:
 class NumbaOps(NumpyOps):
     """NumpyOps with Numba kernels for the ops a forward pass spends its time in."""
 
+    _warmed = False
+
+    def _warm(self) -> None:
+        """Before the first op: if a helper is compiling op kernels (warm.py), compile the products of
+        the uploaded weight types and the other op kernels here meanwhile, then wait for it."""
+        if self._warmed:
+            return
+        self._warmed = True
+        from . import warm
+
+        if warm.running():
+            warm.products_for(self, getattr(self, "_qtypes", ()))
+            warm.ops(self, "main")
+            warm.wait()
+
     def _threads(self) -> int:
         """Applies the backend's n_threads (if it has one) to Numba's pool; returns the count."""
         n = getattr(self, "n_threads", None)
-        if n:
-            n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
-            if numba.get_num_threads() != n:
-                numba.set_num_threads(n)
-            return n
-        return numba.get_num_threads()
+        return pool.use(n) if n else numba.get_num_threads()
 
     def _parallel(self, work: int) -> bool:
         return work >= PAR_MIN and self._threads() > 1
 
     def rms_norm(self, x, weight, eps: float):
+        self._warm()
         x = _f32c(x)
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
@@ -493,10 +494,11 @@ class NumbaOps(NumpyOps):
         w = _f32c(weight) if has_w else np.zeros(1, np.float32)
         if has_w and w.shape != (shape[-1],):
             raise ValueError(f"rms_norm weight {w.shape} does not match rows of {shape[-1]}")
-        (_rms_norm_par if self._parallel(x2.size) else _rms_norm_ser)(x2, w, has_w, np.float32(eps), y)
+        _rms_norm_ser(x2, w, has_w, np.float32(eps), y)
         return y.reshape(shape)
 
     def rope(self, x, positions, p: RopeParams):
+        self._warm()
         x = _f32c(x)
         squeeze = x.ndim == 2
         if squeeze:
@@ -511,20 +513,21 @@ class NumbaOps(NumpyOps):
         if not has_ff:
             ff = np.ones(1, np.float32)
         out = np.empty_like(x)
-        kern = _rope_par if (x.shape[0] > 1 and self._parallel(x.size)) else _rope_ser
-        kern(x, out, pos, p.n_dims, p.mode == "neox", theta_scale, freq_scale, ext_factor, mscale, low, high,
+        _rope_ser(x, out, pos, p.n_dims, p.mode == "neox", theta_scale, freq_scale, ext_factor, mscale, low, high,
              ff, has_ff)
         return out[:, 0, :] if squeeze else out
 
     def softmax(self, x):
+        self._warm()
         x = _f32c(x)
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         y = np.empty_like(x2)
-        (_softmax_par if (x2.shape[0] > 1 and self._parallel(x2.size)) else _softmax_ser)(x2, y)
+        _softmax_ser(x2, y)
         return y.reshape(shape)
 
     def _act(self, kind: int, x, g=None):
+        self._warm()
         x = _f32c(x)
         shape = x.shape
         xf = x.reshape(-1)
@@ -560,6 +563,7 @@ class NumbaOps(NumpyOps):
 
     def attention(self, q, k, v, q_pos, *, scale: float, window: int = 0, sinks=None, kv_pos=None,
                   softcap: float = 0.0):
+        self._warm()
         q, k, v = _f32c(q), _f32c(k), _f32c(v)
         check_attention(q, k, v)
         n_tok, n_head, d_k = q.shape

@@ -1,0 +1,164 @@
+"""A first run compiles on two cores: a helper process builds some op kernels while this one builds the rest.
+
+With an empty kernel cache (kernel_cache.py) a first `run` spends ~20 s of one core compiling: the
+product drivers of each weight type present (products.py) and the op kernels (ops.py). Numba
+compiles one function at a time per process (a global compiler lock), so the wall time is the sum.
+Split in two it is about halved on a machine with a second core:
+
+* `start()` (NumbaBackend's constructor) spawns a Python running `main` below: it calls attention
+  and the activations (`ops(.., "helper")`), small and big, on arrays of the forward pass's dtypes
+  and layouts, so that their serial and parallel drivers land in the disk cache with the signatures
+  the model will ask for; then it writes a stamp file, and later processes spawn nothing.
+* meanwhile this process goes on loading the model; at the first op (`NumbaOps._warm`, before the
+  first forward pass) it compiles the product drivers of the types the model uploaded
+  (`products_for`) and RMSNorm and RoPE (`ops(.., "main")`), then waits for the helper and loads
+  its kernels from the cache.
+
+The helper only fills the cache: if it fails, is slow (WAIT_S) or is switched off
+(GGUFPY_WARM_HELPER=0), this process compiles whatever it still lacks itself, as before. It is not
+started on a one-core machine, with Numba's JIT disabled, or without a writable kernel cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+ENV_SWITCH = "GGUFPY_WARM_HELPER"
+WAIT_S = 300.0  # longest wait for the helper (a slow machine compiles the ops in ~20-60 s)
+
+_lock = threading.Lock()
+_proc: subprocess.Popen | None = None
+_started = False
+
+
+def _stamp_path() -> Path | None:
+    """The helper's stamp: named by everything that invalidates Numba's entries for the op kernels
+    (their sources, Numba, Python, the CPU)."""
+    cache = os.environ.get("NUMBA_CACHE_DIR")
+    if not cache:
+        return None
+    import llvmlite.binding as ll
+    import numba
+
+    h = hashlib.sha1()
+    here = Path(__file__).resolve().parent
+    for name in ("ops.py", "activations.py", "rows_common.py", "warm.py"):
+        h.update((here / name).read_bytes())
+    h.update(f"{numba.__version__} {sys.version} {ll.get_host_cpu_name()} {ll.get_host_cpu_features().flatten()}"
+             .encode())
+    h.update(str(here).encode())  # Numba's entries are per source directory
+    return Path(cache) / f"ops-warm-{h.hexdigest()[:16]}"
+
+
+def _wanted() -> bool:
+    if os.environ.get(ENV_SWITCH, "1") == "0" or os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0"):
+        return False
+    return (os.cpu_count() or 1) >= 2
+
+
+def start() -> None:
+    """Spawn the helper unless the op kernels are known to be cached (or see the module doc)."""
+    global _proc, _started
+    with _lock:
+        if _started:
+            return
+        _started = True
+        if not _wanted():
+            return
+        try:
+            stamp = _stamp_path()
+            if stamp is None or stamp.exists():
+                return
+            root = str(Path(__file__).resolve().parents[2])  # the folder holding `kernels`
+            env = dict(os.environ)
+            env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+            env["NUMBA_NUM_THREADS"] = "2"
+            env[ENV_SWITCH] = "0"  # the helper spawns no helper
+            code = "import sys; from kernels.numba_cpu.warm import main; raise SystemExit(main(sys.argv[1:]))"
+            _proc = subprocess.Popen([sys.executable, "-c", code, str(stamp)], env=env,
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        except Exception:  # pragma: no cover - no helper: this process compiles everything
+            _proc = None
+
+
+def running() -> bool:
+    """Whether a helper was started and not yet waited for."""
+    return _proc is not None
+
+
+def wait() -> None:
+    """Wait for the helper, if one is running (at most WAIT_S; then it is left to finish on its own)."""
+    global _proc
+    with _lock:
+        proc, _proc = _proc, None
+    if proc is None:
+        return
+    try:
+        proc.wait(timeout=WAIT_S)
+    except subprocess.TimeoutExpired:  # pragma: no cover - very slow machine
+        pass
+
+
+def products_for(backend, qtypes) -> None:
+    """Compile (or load) the product drivers of `qtypes` and the activation rounding they take: one
+    tiny product per type, through the backend's own call, so that the signatures are those of the
+    model's products. (Row lookups are left out: only the token embedding's type needs them, and the
+    forward pass looks its rows up before the first op.)"""
+    import numpy as np
+
+    from quant import GGMLType, QTensor, quant_type
+
+    for qt in sorted({GGMLType(t) for t in qtypes}):
+        info = quant_type(qt)
+        n_in = 256  # a whole number of blocks of every type
+        if info.storage_dtype == np.uint8:
+            buf = np.zeros(8 * info.row_bytes(n_in), np.uint8)
+        else:
+            buf = np.zeros(8 * n_in, info.storage_dtype)
+        w = QTensor.from_buffer(int(qt), (8, n_in), buf, name=f"warm-{qt.name}")
+        backend.matmul(np.zeros((1, n_in), np.float32), w)
+
+
+def ops(backend, part: str) -> None:
+    """Call ops the forward pass uses on arrays made as it makes them (fresh float32 in C order, int32
+    positions), small and big, so that the serial and the parallel drivers compile (or load) with the
+    model's signatures. part "helper": attention and the activations (~9 s of compiling, most of it
+    their parallel drivers); "main": RMSNorm and RoPE (~2 s, done here beside the products)."""
+    import numpy as np
+
+    from kernels.base import RopeParams
+
+    rng = np.random.default_rng(0)
+
+    def f32(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+
+    n_head, n_head_kv, d = 8, 2, 64
+    for n_tok in (1, 64):  # decode (serial drivers), prompt (parallel ones)
+        pos = backend.ints(np.arange(n_tok), "pos")
+        q = f32(n_tok * n_head * d).reshape(n_tok, n_head, d)
+        k = f32(n_tok * n_head_kv * d).reshape(n_tok, n_head_kv, d)
+        if part == "main":
+            backend.rms_norm(f32(n_tok, 576), backend.asarray(np.ones(576, np.float32)), 1e-5)
+            backend.rope(q, pos, RopeParams(n_dims=d))
+            continue
+        kc = backend.kv_store(backend.new_kv(n_tok + 8, n_head_kv, d), k, pos)
+        vc = backend.kv_store(backend.new_kv(n_tok + 8, n_head_kv, d), k, pos)
+        backend.attention(q, kc, vc, pos, scale=0.125)
+        backend.swiglu(f32(n_tok, 1536), f32(n_tok, 1536))
+
+
+def main(argv: list[str]) -> int:
+    stamp = Path(argv[0])
+    from kernels.numba_cpu import NumbaBackend
+
+    backend = NumbaBackend(n_threads=2)
+    backend._warmed = True  # no waiting on itself
+    ops(backend, "helper")
+    stamp.write_text("op kernels compiled into this cache\n")
+    return 0
