@@ -58,7 +58,7 @@ from numba.extending import overload  # noqa: E402
 from quant import GGMLType, QTensor  # noqa: E402
 
 from ..base import KernelError  # noqa: E402
-from . import rows_float, rows_k, rows_legacy  # noqa: E402
+from . import pool, rows_float, rows_k, rows_legacy  # noqa: E402
 from .activations import with_block_sums  # noqa: E402
 from .rows_common import FM_DOT, prefetch, slp_compile_scope  # noqa: E402
 from .rows_float import tile_dot44  # noqa: E402
@@ -263,6 +263,7 @@ class _TypeDrivers:
         with self._lock, slp_compile_scope():
             fn(*args)
             self._warm.add(name)
+            setattr(self, name, fn)  # later calls go straight to the compiled driver (~200 a decode token)
 
     def groups(self, *args):
         self._call("groups", self._groups, *args)
@@ -352,10 +353,7 @@ def _threads_for(work: int, n_threads: int) -> int:
     """All threads for big products, one below PARALLEL_MIN_WORK multiply-adds: waking the pool
     costs 5-100 us (a virtual machine's idle vCPU is the slow case), more than a small product
     gains from a second thread."""
-    n = min(n_threads, numba.config.NUMBA_NUM_THREADS) if work >= PARALLEL_MIN_WORK else 1
-    if numba.get_num_threads() != n:
-        numba.set_num_threads(n)
-    return n
+    return pool.use(n_threads if work >= PARALLEL_MIN_WORK else 1)
 
 
 def _chunk_rows(n_out: int, n_in: int, n_items_other: int, batched: bool, n_threads: int) -> int:
@@ -434,7 +432,7 @@ def matmul(x, w: QTensor, n_threads: int, path=None) -> np.ndarray:
             g_exp, g_off = _index(np.zeros(len(which))), _index(offs)
         else:
             direct_max = DIRECT_MAX
-        tiled = int(np.diff(g_off).max()) > direct_max
+        tiled = n_tok > direct_max if path is None else int(np.diff(g_off).max()) > direct_max
         nt = _threads_for(n_out * n_in * (n_tok + 4 * (len(g_off) - 1) * tiled), n_threads)
         chunk = _chunk_rows(n_out, n_in, len(g_off) - 1, tiled, nt)
         d.groups(w3, x2, g_exp, g_off, members, members, out, chunk, direct_max)
