@@ -148,6 +148,13 @@ class BatchScheduler:
         self._thread.start()
 
     @property
+    def _replay(self):
+        """A device backend's recorded decode step (kernels/gpu/graphs.py), where it runs the whole model;
+        it runs only where batch invariance is not promised anyway (the devices)."""
+        be = self.model.place.single
+        return getattr(be, "decode_graph", None) if be is not None and not self.batch_invariant else None
+
+    @property
     def batch_invariant(self) -> bool:
         return all(getattr(be, "batch_invariant", False) for be in self.model.place.backends())
 
@@ -240,10 +247,14 @@ class BatchScheduler:
         if not ok:
             return
         try:
-            bc = BatchCache(ok)
             tokens = [t for w in ok for t in w.tokens]
-            out = self.model.forward(tokens, bc)
-            bc.hand_out(self.model.place.output.to_numpy(out))
+            replay = self._replay if len(ok) == 1 and ok[0].decode else None
+            if replay is not None:  # one stream decoding: the device's recorded step (CUDA graph) as without batching
+                ok[0].result = replay(self.model, ok[0].cache, tokens[0])
+            else:
+                bc = BatchCache(ok)
+                out = self.model.forward(tokens, bc)
+                bc.hand_out(self.model.place.output.to_numpy(out))
             self.steps += 1
             self.rows += len(tokens)
             self.max_batch = max(self.max_batch, len(ok))
