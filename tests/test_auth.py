@@ -103,7 +103,7 @@ def test_keys_from_both_flags_and_a_file():
     assert K1 not in repr(keys) and K1 not in str(keys.__dict__)
 
 
-def _time_ns(keys: APIKeys, candidate: str, n: int = 1000) -> float:
+def _time_ns(keys: APIKeys, candidate: str, n: int = 200) -> float:
     t0 = time.perf_counter_ns()
     for _ in range(n):
         keys.allows(candidate)
@@ -117,7 +117,7 @@ def test_the_comparison_takes_the_same_time_however_close_the_guess():
     keys = APIKeys([SECRET] + OTHERS)
     for guess in (SECRET[:-1] + "r", "sk-" + "q" * 30, SECRET, OTHERS[-1]):
         ratio = _ratio(keys, guess)
-        assert 0.85 < ratio < 1.18, (guess[:12], ratio)
+        assert 0.7 < ratio < 1.4, (guess[-4:], len(guess), ratio)
 
 
 def test_the_timing_check_catches_a_comparison_that_stops_at_the_first_match():
@@ -129,11 +129,11 @@ def test_the_timing_check_catches_a_comparison_that_stops_at_the_first_match():
             given = hashlib.sha256((key or "").encode()).digest()
             return any(given == k for k in self._keys)
 
-    assert _ratio(StopsEarly([SECRET] + OTHERS), SECRET) < 0.85
+    assert _ratio(StopsEarly([SECRET] + OTHERS), SECRET) < 0.3
 
 
 SECRET = "sk-" + "q" * 61
-OTHERS = [f"sk-other-{i:02d}-" + "z" * 50 for i in range(49)]  # many keys: an early exit would show
+OTHERS = [f"sk-other-{i:03d}-" + "z" * 50 for i in range(199)]  # many keys: an early exit would show plainly
 
 
 def _ratio(keys: APIKeys, guess: str) -> float:
