@@ -30,7 +30,6 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 MEMORY_LIMIT = 1 << 30
