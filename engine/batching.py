@@ -26,9 +26,10 @@ shared by choosing the slot that holds it (engine/server/slots.py) rather than b
 
 Batch invariance: products group a pass's rows by role through `path` (kernels/base.py): decode rows
 with "rows", prompt rows with "tiles", so each row is computed exactly as it is in a pass of any other
-size or company, on backends with `batch_invariant` (CPU, NumPy); attention is per sequence. A
-request's tokens are then the same alone or beside others. The device backends do not promise it yet
-(their matrix-vector and tiled kernels round differently), and /props says so.
+size or company; attention runs per sequence, and on the CPU in llama.cpp mode computes each query row
+alone. On such backends (`batch_invariant`: the CPU in its default llama.cpp mode) a request's tokens
+are the same alone or beside others. The device backends do not promise it yet (their matrix-vector
+and tiled kernels round differently), nor does the NumPy reference (BLAS), and /props says so.
 """
 
 from __future__ import annotations

@@ -179,8 +179,9 @@ class NumpyOps:
     """Elementwise ops and attention on float32 NumPy arrays (mixin of the NumPy backend)."""
 
     activations = "f32"
-    # matmul(..., path="rows"|"tiles") computes each row as in a call of any other size (engine/batching.py)
-    batch_invariant = True
+    # matmul(..., path="rows"|"tiles") computes each row as in a call of any other size, but attention's
+    # scores go through BLAS, whose kernels differ by the number of rows: not batch-invariant as a whole
+    batch_invariant = False
 
     @property
     def half_attention(self) -> bool:

@@ -42,6 +42,13 @@ class NumbaBackend(NumbaOps):
     def _x_for(self, x, w: QTensor):
         return for_weight(x, w.qtype, self.activations)
 
+    @property
+    def batch_invariant(self) -> bool:
+        """Products under a fixed path compute each row alone (kernels/base.py); attention computes each
+        query row alone too in llama.cpp mode, while in "f32" mode it may split the keys of a short
+        batch into chunks (split-K) and so round a row differently by batch size."""
+        return self.activations == "llama.cpp"
+
     # --- weights and transfers
 
     def upload(self, t: QTensor) -> QTensor:
