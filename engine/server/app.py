@@ -204,7 +204,7 @@ def batching_props(engine) -> dict:
     tokens are independent of the others in its steps (engine/batching.py)."""
     sched = getattr(engine.cache, "scheduler", None)
     if sched is None:
-        return {"batch_invariant": True, "continuous_batching": False}
+        return {"batch_invariant": bool(getattr(engine.backend, "batch_invariant", False)), "continuous_batching": False}
     st = sched.stats()
     return {"batch_invariant": st["batch_invariant"], "continuous_batching": True, "n_batch": st["budget"],
             "batching": {"steps": st["steps"], "tokens": st["tokens"], "max_batch": st["max_batch"]}}
