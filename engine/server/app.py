@@ -505,7 +505,7 @@ def create_app(registry: ModelRegistry, api_key: str | list[str] | APIKeys | Non
         elif _field(body, "n_probs", int, 0, low=0, high=20):  # llama-server's name
             kw["logprobs"] = int(body["n_probs"])
         stream = bool(body.get("stream", False))
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage", False))
+        include_usage = bool(_field(body, "stream_options", dict, {}).get("include_usage", False))
         tools = body.get("tools")
         if tools is not None and not isinstance(tools, list):
             raise APIError(400, "'tools' must be an array", code="invalid_type")
