@@ -145,6 +145,10 @@ async def _stalled_stream(app, registry, body: bytes, stall: float) -> tuple[int
     resume.set()
     await asyncio.wait_for(task, 120)
     assert b"data: [DONE]" in b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    for _ in range(100):  # the worker thread hands its slot back just after the last piece
+        if not any(m.active for m in registry.loaded.values()):
+            break
+        await asyncio.sleep(0.02)
     return busy, sum(m.active for m in registry.loaded.values())
 
 
