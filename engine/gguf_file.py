@@ -237,17 +237,17 @@ class GGUFPart:
             raise bad(f"unknown tensor type {type_id}") from None
         if any(d < 0 for d in ne):
             raise bad(f"impossible shape {list(ne)}")
-        extent = 1  # as llama.cpp: the element count must fit in int64 (a zero dimension hides no other)
-        for d in ne:
-            extent *= max(d, 1)
-        if extent >= 1 << 63:
-            raise bad(f"impossible shape {list(ne)}: more than 2^63 elements")
         n = 1
         for d in ne:
             n *= d
         if ne and ne[0] % block_elems:
             raise bad(f"impossible shape {list(ne)}: row length {ne[0]} is not a multiple of the "
                       f"{type_name(type_id)} block size {block_elems}")
+        extent = 1  # as llama.cpp, the size must fit in int64 even where a zero dimension hides the others
+        for d in ne:
+            extent *= max(d, 1)
+        if extent >= 1 << 63 or extent // block_elems * block_bytes >= 1 << 62:
+            raise bad(f"impossible shape {list(ne)}: too large to address")
         nbytes = n // block_elems * block_bytes
         if rel % self.alignment:
             raise bad(f"offset {rel} is not aligned to {self.alignment}")

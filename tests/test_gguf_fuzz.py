@@ -43,10 +43,11 @@ def test_five_thousand_mutated_files_give_only_clear_errors():
     assert stats["opened"] >= 500 and stats["errors"]["GGUFError"] >= 1000 and stats["errors"]["TokenizerError"] >= 5
 
 
-@pytest.mark.parametrize("seed,case", [(0, 2921), (2, 3994)])
+@pytest.mark.parametrize("seed,case", [(0, 2921), (6, 1001), (2, 3994)])
 def test_cases_the_fuzzer_found_stay_fixed(seed, case, tmp_path):
     """seed 0 case 2921: a tensor shape [32, 131072, 2^56, 0] (no bytes, 2^78 elements) reached NumPy's
-    reshape; seed 2 case 3994: tokenizer.ggml.tokens overwritten by a numeric array."""
+    reshape; seed 6 case 1001: [32, 2^56 + 2, 0] F32, 2^61 elements but 2^63 bytes; seed 2 case 3994:
+    tokenizer.ggml.tokens overwritten by a numeric array."""
     rc, stats = run_fuzzer("--count", "1", "--seed", str(seed), "--start", str(case), "--work", str(tmp_path),
                            timeout=120)
     assert rc == 0 and not stats["failures"] and stats["cases"] == 1, stats
