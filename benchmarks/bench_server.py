@@ -7,7 +7,9 @@ the same run.
 Each client sends streamed chat requests back to back (different prompts, temperature 0.8, seeded)
 until the run's request count is done. Reported per server and client count: requests/s, generated
 tokens/s, p50/p95 time to first token and p50/p95 request latency. llama-cpp-python's server serves
-one request at a time; ours batches every active sequence into one forward pass per step.
+one request at a time (started with `--interrupt_requests False`: by default it cuts a running stream
+when the next request arrives); ours batches every active sequence into one forward pass per step.
+llama-cpp-python's server needs the `bench` extra (sse-starlette, starlette-context, pydantic-settings).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def chat(base: str, model: str, i: int, max_tokens: int) -> tuple[float, float, 
     req = urllib.request.Request(base + "/v1/chat/completions", json.dumps(body).encode(),
                                  {"Content-Type": "application/json"})
     t0 = time.perf_counter()
-    ttft, n = None, 0
+    ttft, n, chunks = None, 0, 0
     with urllib.request.urlopen(req, timeout=600) as r:
         for line in r:
             if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
@@ -65,8 +67,10 @@ def chat(base: str, model: str, i: int, max_tokens: int) -> tuple[float, float, 
                 ttft = time.perf_counter() - t0
             if ev.get("usage"):
                 n = int(ev["usage"]["completion_tokens"])
+            elif any((c.get("delta") or {}).get("content") for c in ev.get("choices", [])):
+                chunks += 1  # llama-cpp-python sends no usage in a stream: one content chunk per token
     lat = time.perf_counter() - t0
-    return ttft if ttft is not None else lat, lat, n
+    return ttft if ttft is not None else lat, lat, n or chunks
 
 
 def pct(xs, q: float) -> float:
@@ -127,7 +131,8 @@ def main(argv=None) -> int:
                                     "-t", str(args.threads), "--parallel", "1"],
             "llama-cpp-python server": [
                 sys.executable, "-m", "llama_cpp.server", "--model", model, "--model_alias", "m", "--n_ctx", "512",
-                "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads)],
+                "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads),
+                "--interrupt_requests", "False"],  # its default cuts a running stream when the next request arrives
         }
         if args.no_single:
             servers.pop("ours (--parallel 1)")
