@@ -207,13 +207,9 @@ class Engine:
         to a batch boundary inside `_aligned`. Everything after it is evaluated in the same batches as
         a cold run, so reusing a prefix never changes a single bit of the result (with llama.cpp's
         8-bit activations a different batch shape would)."""
-        from .generate import DEFAULT_BATCH
+        from .generate import DEFAULT_BATCH, common_prefix
 
-        common = 0
-        for a, b in zip(self.cached_tokens if reuse else (), prompt):
-            if a != b:
-                break
-            common += 1
+        common = common_prefix(self.cached_tokens, prompt) if reuse else 0
         if self.batch_invariant_cache:
             common = min(common, len(prompt) - 1)  # any prefix: its rows are what a cold run computes
         else:

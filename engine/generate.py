@@ -49,6 +49,16 @@ class Timings:
         }
 
 
+def common_prefix(a, b) -> int:
+    """How many leading tokens two sequences share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def prefill(model, cache, tokens, batch: int = DEFAULT_BATCH, last_only: bool = True):
     """Feed `tokens` through the cache in batches; return the logits of the last batch.
 

@@ -625,12 +625,9 @@ class Llama:
 
     @staticmethod
     def longest_token_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-        n = 0
-        for x, y in zip(a, b):
-            if x != y:
-                break
-            n += 1
-        return n
+        from .generate import common_prefix
+
+        return common_prefix(a, b)
 
     def __repr__(self) -> str:
         return f"Llama(model_path={self.model_path!r}, n_ctx={self.n_ctx()})"

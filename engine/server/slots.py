@@ -18,14 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 
-
-def common_prefix(a, b) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+from engine.generate import common_prefix
 
 
 class SlotPool:
@@ -44,8 +37,9 @@ class SlotPool:
 
     def _pick(self, prompt):
         if prompt:
-            best = max(self._free, key=lambda e: (common_prefix(e.cached_tokens, prompt), -self._used_at[id(e)]))
-            if common_prefix(best.cached_tokens, prompt) > 0:
+            shared, best = max(((common_prefix(e.cached_tokens, prompt), -self._used_at[id(e)]), e)
+                               for e in self._free)
+            if shared[0] > 0:
                 return best
         return min(self._free, key=lambda e: self._used_at[id(e)])
 

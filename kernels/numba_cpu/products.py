@@ -426,17 +426,30 @@ def matmul(x, w: QTensor, n_threads: int, path=None) -> np.ndarray:
     n_tok = x2.shape[0]
     out = np.empty((n_tok, n_out), np.float32)
     if n_tok and n_out:
-        g_exp, g_off, members = _one_group(n_tok)
-        if path is not None:
-            which, offs, direct_max = _grouping(g_off, path)
-            g_exp, g_off = _index(np.zeros(len(which))), _index(offs)
-        else:
-            direct_max = DIRECT_MAX
-        tiled = n_tok > direct_max if path is None else int(np.diff(g_off).max()) > direct_max
+        g_exp, g_off, members, direct_max, tiled = _plain_groups(n_tok, path)
         nt = _threads_for(n_out * n_in * (n_tok + 4 * (len(g_off) - 1) * tiled), n_threads)
         chunk = _chunk_rows(n_out, n_in, len(g_off) - 1, tiled, nt)
         d.groups(w3, x2, g_exp, g_off, members, members, out, chunk, direct_max)
     return out.reshape(n_out) if x.ndim == 1 else out
+
+
+_PLAIN_GROUPS: dict = {}
+
+
+def _plain_groups(n_tok: int, path):
+    """(g_exp, g_off, members, direct_max, tiled) of a plain matmul of n_tok tokens on `path`, built
+    once per (n_tok, path): every decode step of a batched server asks for the same few."""
+    key = (n_tok, path)
+    v = _PLAIN_GROUPS.get(key)
+    if v is None:
+        g_exp, g_off, members = _one_group(n_tok)
+        which, offs, direct_max = _grouping(g_off, path)
+        if path is not None:
+            g_exp, g_off = _index(np.zeros(len(which))), _index(offs)
+        v = (g_exp, g_off, members, direct_max, bool(np.diff(g_off).max() > direct_max))
+        if n_tok <= 4096:
+            _PLAIN_GROUPS[key] = v
+    return v
 
 
 def matmul_experts(x, w: QTensor, ids, n_threads: int, path=None) -> np.ndarray:
