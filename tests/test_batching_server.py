@@ -101,12 +101,15 @@ def test_a_long_prompt_does_not_stall_the_streams(server):
     concurrently([lambda k=k: stream(server, k, max_tokens=150, gaps=gaps[k], prompt=count) for k in range(4)]
                  + [long])
     assert result["n"] > 700
-    during = []
-    for g in gaps:
-        during += [b - a for a, b in zip(g, g[1:]) if a >= result["t0"] - 0.5 and b <= result["t1"] + 0.5]
-    assert during, "no stream was decoding while the long prompt was processed"
-    # four chunks of 256 tokens: one step takes a quarter of the prompt and every stream its next token
-    assert max(during) < 0.6 * result["prompt_ms"] / 1e3, (max(during), result["prompt_ms"])
+    # the prompt's four chunks of 256 tokens were processed in the last prompt_ms before its answer; in
+    # that window every stream gets a token each step (an unchunked prompt would hold them all for it).
+    # Counted in tokens, not only in seconds: a busy machine stretches every step alike.
+    end = result["t1"]
+    start = end - result["prompt_ms"] / 1e3
+    inside = [sum(1 for t in g if start <= t <= end) for g in gaps]
+    assert all(n >= 2 for n in inside), (inside, result["prompt_ms"])
+    during = [b - a for g in gaps for a, b in zip(g, g[1:]) if a >= start and b <= end]
+    assert during and max(during) < 0.85 * (end - start), (max(during or [0]), result["prompt_ms"])
 
 
 def test_prefix_cache_hits_are_reported_and_a_second_turn_computes_only_new_tokens(server):
