@@ -23,8 +23,12 @@ def _cl():
 
 
 def list_devices() -> list[dict]:
-    """Every OpenCL device: index, name, platform, kind (gpu/cpu/...), memory."""
-    cl = _cl()
+    """Every OpenCL device: index, name, platform, kind (gpu/cpu/...), memory. None without pyopencl
+    (as runtime_cuda lists none without CuPy), so `devices` and `auto` work on a CUDA-only install."""
+    try:
+        cl = _cl()
+    except KernelError:
+        return []
     out = []
     try:
         platforms = cl.get_platforms()
