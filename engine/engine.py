@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import math
+
 import os
 from dataclasses import dataclass
 from typing import Iterator
@@ -236,7 +238,7 @@ class Engine:
                  seed: int | None = None, stop=None, logit_bias: dict | None = None, stream: bool = False,
                  add_bos: bool = True, special: bool = False, truncate: bool = False, cache_prompt: bool = True,
                  logprobs: int | None = None, grammar=None, json_schema=None, response_format=None,
-                 render_special=None, **sampling):
+                 render_special=None, ignore_eos: bool = False, **sampling):
         """Complete `prompt` (text or token ids). Returns a `Completion`, or with stream=True an
         iterator of `Piece`s whose last one carries the `Completion`.
 
@@ -255,7 +257,11 @@ class Engine:
 
         cache_prompt (llama-server's name, on by default as there) reuses the KV cache of the longest
         prefix this engine evaluated last, in whole prompt batches (`_prepare_cache`), so that reuse
-        never changes the result: the same seed gives the same text with or without it."""
+        never changes the result: the same seed gives the same text with or without it.
+
+        logit_bias: {token id: bias} added to the logits before sampling (-inf bans); a string key biases
+        each of its tokens (llama-server's form). ignore_eos=True bans every end-of-generation token, so
+        generation runs to max_tokens (llama-server's `ignore_eos`, done there the same way)."""
         from .sampler import Sampler, SamplerParams
 
         ids = list(prompt) if not isinstance(prompt, str) else self.tokenize(prompt, add_bos=add_bos, special=special)
@@ -273,6 +279,7 @@ class Engine:
         if unknown:
             raise TypeError(f"generate() got unknown sampling argument(s) {unknown}; known: {', '.join(SAMPLING_EXTRAS)}")
         sampling = {k: v for k, v in sampling.items() if v is not None}
+        logit_bias = self._logit_bias(logit_bias, ignore_eos)
         params = SamplerParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
                                repeat_penalty=repeat_penalty, presence_penalty=presence_penalty,
                                frequency_penalty=frequency_penalty, penalty_last_n=penalty_last_n, seed=seed,
@@ -288,6 +295,21 @@ class Engine:
             if piece.completion is not None:
                 return piece.completion
         raise AssertionError("generation ended without a completion")  # pragma: no cover
+
+    def _logit_bias(self, bias: dict | None, ignore_eos: bool) -> dict | None:
+        """{token id: bias}: string keys tokenized (each of their tokens biased), ids outside the
+        vocabulary dropped (as llama-server), and with ignore_eos every end-of-generation token banned."""
+        if not bias and not ignore_eos:
+            return None
+        out: dict[int, float] = {}
+        for key, b in (bias or {}).items():
+            ids = self.tokenize(key, add_bos=False) if isinstance(key, str) else [int(key)]
+            for tok in ids:
+                if 0 <= tok < self.tokenizer.n_vocab:
+                    out[tok] = float(b)
+        if ignore_eos:
+            out.update({tok: -math.inf for tok in self.tokenizer.eog_ids})
+        return out
 
     def _constraint(self, grammar, json_schema, response_format):
         from .constrain import CompiledGrammar, compile_grammar

@@ -25,11 +25,11 @@ def server(smollm2_path):
 
 
 def stream(server, i: int, max_tokens: int = 16, gaps: list | None = None, stop_after: int | None = None,
-           prompt: str | None = None) -> str:
+           prompt: str | None = None, extra_body: dict | None = None) -> str:
     """Chat i streamed with seed i; the text (and, with `gaps`, the times its chunks arrived)."""
     chunks = server.client().chat.completions.create(
         model="x", messages=[{"role": "user", "content": prompt or PROMPTS[i]}], max_tokens=max_tokens,
-        temperature=0.8, seed=i, stream=True)
+        temperature=0.8, seed=i, stream=True, extra_body=extra_body)
     text = []
     for n, ch in enumerate(chunks):
         if gaps is not None:
@@ -98,17 +98,21 @@ def test_a_long_prompt_does_not_stall_the_streams(server):
         result.update(t0=t0, t1=time.monotonic(), prompt_ms=r.model_extra["timings"]["prompt_ms"],
                       n=r.usage.prompt_tokens)
     count = "Count from 1 to 100, one number a line."
-    concurrently([lambda k=k: stream(server, k, max_tokens=150, gaps=gaps[k], prompt=count) for k in range(4)]
-                 + [long])
+    # ignore_eos: every stream runs its 200 tokens (one that stopped early would have nothing to show)
+    concurrently([lambda k=k: stream(server, k, max_tokens=200, gaps=gaps[k], prompt=count,
+                                     extra_body={"ignore_eos": True}) for k in range(4)] + [long])
     assert result["n"] > 700
-    # the prompt's four chunks of 256 tokens were processed in the last prompt_ms before its answer; in
-    # that window every stream gets a token each step (an unchunked prompt would hold them all for it).
+    assert all(len(g) >= 200 for g in gaps)
+    # the prompt's chunks were processed in the last prompt_ms before its answer; in that window every
+    # stream still running gets a token each step (an unchunked prompt would hold them all for it).
     # Counted in tokens, not only in seconds: a busy machine stretches every step alike.
     end = result["t1"]
     start = end - result["prompt_ms"] / 1e3
-    inside = [sum(1 for t in g if start <= t <= end) for g in gaps]
+    running = [g for g in gaps if g[0] < start and g[-1] > end]
+    assert running, "no stream was running while the prompt was processed"
+    inside = [sum(1 for t in g if start <= t <= end) for g in running]
     assert all(n >= 2 for n in inside), (inside, result["prompt_ms"])
-    during = [b - a for g in gaps for a, b in zip(g, g[1:]) if a >= start and b <= end]
+    during = [b - a for g in running for a, b in zip(g, g[1:]) if a >= start and b <= end]
     assert during and max(during) < 0.85 * (end - start), (max(during or [0]), result["prompt_ms"])
 
 

@@ -192,6 +192,11 @@ BAD = [
     ("prompt of the wrong type", "/v1/completions", json.dumps({"model": "smol", "prompt": {"a": 1}}).encode(), 400),
     ("unknown model", "/v1/chat/completions", json.dumps({"model": "gpt-9", "messages": HELLO}).encode(), 404),
     ("token id out of range", "/detokenize", json.dumps({"model": "smol", "tokens": [10 ** 9]}).encode(), 400),
+    ("logit_bias key not a token id", "/v1/chat/completions",
+     json.dumps({"model": "smol", "messages": HELLO, "logit_bias": {"hello": 5}}).encode(), 400),
+    ("logit_bias value a string", "/v1/chat/completions",
+     json.dumps({"model": "smol", "messages": HELLO, "logit_bias": {"15": "up"}}).encode(), 400),
+    ("ignore_eos not a boolean", "/v1/completions", json.dumps({"model": "smol", "prompt": "a", "ignore_eos": 3}).encode(), 400),
 ]
 
 
@@ -273,6 +278,35 @@ def test_n_choices_and_logprobs(server):
     assert all(t.token == t.top_logprobs[0].token for t in g.choices[0].logprobs.content)
     legacy = c.completions.create(model="smol", prompt="The sky is", max_tokens=4, temperature=0, logprobs=2)
     assert len(legacy.choices[0].logprobs.tokens) == 4
+
+
+def test_logit_bias_and_ignore_eos(server):
+    """OpenAI's logit_bias ({"id": bias}) and llama-server's ([[id or text, bias or false]]) and
+    ignore_eos: greedy text with a banned first token differs and never contains it; a boosted token is
+    chosen; ignore_eos runs to max_tokens where the model would have stopped."""
+    c = server.client()
+    first = c.completions.create(model="smol", prompt="The capital of France is", max_tokens=1, temperature=0,
+                                 logprobs=1)
+    tok = first.choices[0].logprobs.tokens[0]
+    _, body = server.post("/tokenize", {"model": "smol", "content": tok, "add_special": False})
+    tid = json.loads(body)["tokens"][0]
+    banned = c.completions.create(model="smol", prompt="The capital of France is", max_tokens=1, temperature=0,
+                                  logit_bias={str(tid): -100})
+    assert banned.choices[0].text != first.choices[0].text
+    _, body = server.post("/v1/completions", {"model": "smol", "prompt": "The capital of France is", "max_tokens": 1,
+                                              "temperature": 0, "logit_bias": [[tok, False]]})
+    assert json.loads(body)["choices"][0]["text"] == banned.choices[0].text
+    boosted = c.completions.create(model="smol", prompt="The capital of France is", max_tokens=3, temperature=0,
+                                   logit_bias={"42": 100})
+    _, body = server.post("/detokenize", {"model": "smol", "tokens": [42] * 3})
+    assert boosted.choices[0].text == json.loads(body)["content"]
+    short = c.chat.completions.create(model="smol", messages=[{"role": "user", "content": "Say hi."}], max_tokens=200,
+                                      temperature=0)
+    assert short.choices[0].finish_reason == "stop" and short.usage.completion_tokens < 200
+    n = short.usage.completion_tokens + 5
+    long = c.chat.completions.create(model="smol", messages=[{"role": "user", "content": "Say hi."}], max_tokens=n,
+                                     temperature=0, extra_body={"ignore_eos": True})
+    assert long.choices[0].finish_reason == "length" and long.usage.completion_tokens == n
 
 
 def test_embeddings_are_normalised_and_match_the_library(server, smollm2_path):

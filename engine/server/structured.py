@@ -47,6 +47,11 @@ def extra_sampling(body: dict, field: Callable) -> dict:
 
             raise APIError(400, "'dry_sequence_breakers' must be an array of strings", code="invalid_type")
         out["dry_sequence_breakers"] = brk
+    bias = logit_bias_field(body.get("logit_bias"))
+    if bias:
+        out["logit_bias"] = bias
+    if field(body, "ignore_eos", bool, False):
+        out["ignore_eos"] = True
     samplers = body.get("samplers")
     if samplers is not None:
         if not (isinstance(samplers, str) or (isinstance(samplers, list) and all(isinstance(s, str) for s in samplers))):
@@ -54,6 +59,47 @@ def extra_sampling(body: dict, field: Callable) -> dict:
 
             raise APIError(400, "'samplers' must be a string or an array of sampler names", code="invalid_type")
         out["samplers"] = samplers
+    return out
+
+
+def logit_bias_field(v) -> dict | None:
+    """`logit_bias` as OpenAI sends it ({"15496": -100}: token ids as strings) or as llama-server also
+    takes it ([[15496, -100], ["Hello", false]]: a string biases each of its tokens, false bans).
+    Returns {token id or string: bias}; the engine tokenizes the strings, and (as llama-server) skips
+    ids outside the vocabulary."""
+    import math
+
+    from .app import APIError
+
+    if v is None:
+        return None
+
+    def bias(x, key):
+        if x is False:
+            return -math.inf
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+            raise APIError(400, f"'logit_bias' for {key!r} must be a number (or false to ban it), got {x!r}",
+                           code="invalid_value")
+        return float(x)
+
+    out: dict = {}
+    if isinstance(v, dict):
+        for k, x in v.items():
+            try:
+                tok = int(k)
+            except ValueError:
+                raise APIError(400, f"'logit_bias' keys must be token ids, got {k!r}", code="invalid_value") from None
+            out[tok] = bias(x, k)
+    elif isinstance(v, list):
+        for pair in v:
+            if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], (int, str))
+                    and not isinstance(pair[0], bool)):
+                raise APIError(400, "'logit_bias' as an array takes [token id or string, bias] pairs",
+                               code="invalid_type")
+            out[pair[0]] = bias(pair[1], pair[0])
+    else:
+        raise APIError(400, "'logit_bias' must be an object of token id -> bias, or an array of pairs",
+                       code="invalid_type")
     return out
 
 
