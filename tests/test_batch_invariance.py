@@ -14,8 +14,9 @@ from quant import GGMLType, QTensor
 
 from qdata import random_qtensor
 
-TYPES = [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_1, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q6_K, GGMLType.MXFP4,
-         GGMLType.F16]
+from kernels.numba_cpu.products import ROW_KERNELS  # noqa: E402
+
+TYPES = list(ROW_KERNELS)  # every type the CPU backend multiplies
 
 
 @pytest.fixture(scope="module", params=["cpu", "numpy"])
@@ -34,7 +35,20 @@ def test_a_row_does_not_depend_on_the_call(be, qtype, path):
         np.testing.assert_array_equal(be.matmul(x[a:b], w, path=path), alone[a:b], err_msg=f"rows {a}:{b}")
 
 
-@pytest.mark.parametrize("qtype", [GGMLType.Q4_0, GGMLType.MXFP4, GGMLType.Q8_0], ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", [GGMLType.F32, GGMLType.F16, GGMLType.BF16], ids=lambda t: t.name)
+def test_float_rows_of_any_length(qtype):
+    """Float rows need not be whole 32-lane chunks: the tail goes into lane 0 whether a row is dotted
+    alone or unpacked once for several tokens (Numba; equal to the single-token path too)."""
+    be = NumbaBackend(n_threads=2)
+    rng = np.random.default_rng(3)
+    w = be.upload(random_qtensor(qtype, (9, 100), rng))
+    x = rng.standard_normal((6, 100)).astype(np.float32)
+    alone = np.stack([be.matmul(x[i:i + 1], w)[0] for i in range(len(x))])
+    np.testing.assert_array_equal(be.matmul(x, w, path="rows"), alone)
+    np.testing.assert_array_equal(be.matmul(x[:3], w), alone[:3])
+
+
+@pytest.mark.parametrize("qtype", [GGMLType.Q4_0, GGMLType.MXFP4, GGMLType.Q8_0, GGMLType.Q4_1], ids=lambda t: t.name)
 @pytest.mark.parametrize("path", ["rows", "tiles"])
 def test_an_expert_row_does_not_depend_on_the_call(be, qtype, path):
     rng = np.random.default_rng(7)

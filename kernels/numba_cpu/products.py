@@ -90,6 +90,7 @@ DIRECT_MAX = 4                  # groups of up to this many tokens dot straight 
 # (a MoE prompt spreads its tokens thin: 16 tokens x top-4 of 32 experts is ~2 per expert, and
 #  dequantizing a whole expert tile for 2 tokens cost more than dotting twice: gpt-oss-20b shape
 #  pp16 7.3 -> 9.9 t/s going from 1 to 4; 8 measured no better)
+ROWS_MAX = 1 << 30              # path="rows": every group dots from the blocks, however many tokens
 TILE_BYTES = 512 << 10          # float32 bytes of a work item's dequantized tile (bigger groups)
 PREFETCH_ROWS = 4               # matvec rows fetched ahead of the one being multiplied
 PARALLEL_MIN_WORK = 1 << 15     # below this many multiply-adds (weights x tokens), run on one thread
@@ -117,6 +118,12 @@ KERNEL_HASH = _kernel_hash()
 
 def dot_rows(qt, w3, e, r0, r1, x2, xi, out2, oi):  # pragma: no cover - overloaded below
     """out2[oi, r] = w3[e, r] . x2[xi] for r in r0..r1-1"""
+    raise NotImplementedError
+
+
+def dot_rows_multi(qt, w3, e, r0, r1, x2, m_x, m0, m1, m_out, out2, buf):  # pragma: no cover - overloaded below
+    """out2[m_out[m], r] = w3[e, r] . x2[m_x[m]] for r in r0..r1-1 and every member m in m0..m1-1,
+    each row unpacked once (into `buf`), with each token's arithmetic exactly `dot_rows`'."""
     raise NotImplementedError
 
 
@@ -154,6 +161,64 @@ def _dot_rows(qt, w3, e, r0, r1, x2, xi, out2, oi):
                 for k in range(0, row_bytes, 64):
                     prefetch(wa, k)
             out2[oi, r] = dot(w3[e, r], xr)
+
+    return impl
+
+
+@overload(dot_rows_multi, jit_options=_JIT_DOT_ROWS)
+def _dot_rows_multi(qt, w3, e, r0, r1, x2, m_x, m0, m1, m_out, out2, buf):
+    """Several tokens against the same rows: each row is unpacked once into `buf` (TILE_ROWS or the
+    dequantizer, inlined here and so compiled with the dot's flags: the weight values come out as the
+    row kernel's `dot` computes them in registers, FMA contraction included), then each token's dot
+    runs over it lane by lane in the dot kernels' order (element i into lane i % 32, blocks in order,
+    `hsum32`; Q4_1/Q5_1's offsets times x's block sums after). So a token's result is bit for bit
+    what `dot_rows` gives it alone (tests/test_batch_invariance.py), at one unpacking per row for the
+    whole group instead of one per token: batched decode is no longer compute-bound on unpacking."""
+    t = _literal_type(qt)
+    row = TILE_ROWS.get(t, ROW_KERNELS[t][1])
+    fdot4 = rows_float.fdot4
+    split = t in TILE_ROWS  # Q4_1/Q5_1: n_in values, then n_in / 32 block offsets times x's block sums
+
+    def impl(qt, w3, e, r0, r1, x2, m_x, m0, m1, m_out, out2, buf):
+        row_bytes = w3.shape[2]
+        width = buf.shape[0]
+        n_val = (width // 33) * 32 if split else width
+        bv = buf[:n_val]
+        bm = buf[n_val:]
+        for r in range(r0, r1):
+            ahead = r + PREFETCH_ROWS
+            if ahead < r1:
+                wa = w3[e, ahead]
+                for k in range(0, row_bytes, 64):
+                    prefetch(wa, k)
+            row(w3[e, r], buf)
+            for m in range(m0, m1, 4):  # 4 tokens at a time; the last four repeat the last token
+                xa = x2[m_x[m]]
+                xb = x2[m_x[min(m + 1, m1 - 1)]]
+                xc = x2[m_x[min(m + 2, m1 - 1)]]
+                xd = x2[m_x[min(m + 3, m1 - 1)]]
+                sa, sb, sc, sd = fdot4(bv, xa[:n_val], xb[:n_val], xc[:n_val], xd[:n_val])
+                if split:
+                    ma = np.float32(0.0)
+                    mb = np.float32(0.0)
+                    mc = np.float32(0.0)
+                    md = np.float32(0.0)
+                    for b in range(width - n_val):
+                        ma += bm[b] * xa[n_val + b]
+                        mb += bm[b] * xb[n_val + b]
+                        mc += bm[b] * xc[n_val + b]
+                        md += bm[b] * xd[n_val + b]
+                    sa += ma
+                    sb += mb
+                    sc += mc
+                    sd += md
+                out2[m_out[m], r] = sa
+                if m + 1 < m1:
+                    out2[m_out[m + 1], r] = sb
+                if m + 2 < m1:
+                    out2[m_out[m + 2], r] = sc
+                if m + 3 < m1:
+                    out2[m_out[m + 3], r] = sd
 
     return impl
 
@@ -202,7 +267,8 @@ def _make_drivers(qt: int, khash: str):
         """out2[m_out[m], r] = w3[g_exp[g], r] . x2[m_x[m]] for every member m of every group g.
 
         Work items are (group, chunk of rows). Groups of up to `direct_max` tokens take the row
-        kernel's dot straight from the blocks; bigger groups dequantize the chunk's rows once into
+        kernel's dot straight from the blocks (one token: `dot_rows`; several: `dot_rows_multi`, each
+        row unpacked once for all of them, bit for bit the same per token); bigger groups dequantize the chunk's rows once into
         a tile and multiply it with the tokens in 4x4 blocks (`tile_dot44`)."""
         khash  # noqa: B018  (part of the cache key: see the module doc)
         n_out = w3.shape[1]
@@ -216,8 +282,11 @@ def _make_drivers(qt: int, khash: str):
             m0 = g_off[g]
             m1 = g_off[g + 1]
             if m1 - m0 <= direct_max:
-                for m in range(m0, m1):
-                    dot_rows(qt, w3, e, r0, r1, x2, m_x[m], out2, m_out[m])
+                if m1 - m0 == 1:
+                    dot_rows(qt, w3, e, r0, r1, x2, m_x[m0], out2, m_out[m0])
+                else:
+                    buf = np.empty(n_in, np.float32)  # one unpacked row (n_in: x's width, sums included)
+                    dot_rows_multi(qt, w3, e, r0, r1, x2, m_x, m0, m1, m_out, out2, buf)
             else:
                 nr = r1 - r0
                 nr4 = (nr + 3) // 4 * 4     # rows padded to whole 4x4 blocks with zeros
@@ -389,8 +458,8 @@ def _group_work(n_out: int, n_in: int, counts, direct_max: int = DIRECT_MAX) -> 
 
 
 # How a call's tokens are grouped (`path`): None groups them as their number suggests (up to DIRECT_MAX
-# tokens dot from the blocks, more share dequantized tiles); "rows" always dots from the blocks in groups
-# of up to DIRECT_MAX, "tiles" always goes through tiles. Either fixed path computes each token's row
+# tokens dot from the blocks, more share dequantized tiles); "rows" always dots from the blocks (one
+# unpacking of each row for the whole group), "tiles" always goes through tiles. Either fixed path computes each token's row
 # exactly as it would in a call of any other size (the batch invariance engine/batching.py relies on:
 # a decode token's row does not depend on what else is in the step).
 PATHS = (None, "rows", "tiles")
@@ -398,20 +467,16 @@ PATHS = (None, "rows", "tiles")
 
 def _grouping(g_off: np.ndarray, path) -> tuple[np.ndarray, np.ndarray, int]:
     """(index of each group's expert, group offsets, direct_max) for `path` over groups `g_off`:
-    "rows" splits every group into pieces of at most DIRECT_MAX tokens."""
+    "rows" dots every group from the blocks, whatever its size (`dot_rows_multi`: each row unpacked
+    once for all of the group's tokens, each token's arithmetic that of a lone token)."""
     if path not in PATHS:
         raise ValueError(f"unknown product path {path!r}; known: rows, tiles")
     n_groups = len(g_off) - 1
     if path == "tiles":
         return np.arange(n_groups), g_off, 0
-    if path is None or (np.diff(g_off) <= DIRECT_MAX).all():
-        return np.arange(n_groups), g_off, DIRECT_MAX
-    which, offs = [], [0]
-    for g in range(n_groups):
-        for a in range(int(g_off[g]), int(g_off[g + 1]), DIRECT_MAX):
-            which.append(g)
-            offs.append(min(a + DIRECT_MAX, int(g_off[g + 1])))
-    return np.asarray(which), np.asarray(offs, np.int64), DIRECT_MAX
+    if path == "rows":
+        return np.arange(n_groups), g_off, ROWS_MAX
+    return np.arange(n_groups), g_off, DIRECT_MAX
 
 
 def matmul(x, w: QTensor, n_threads: int, path=None) -> np.ndarray:

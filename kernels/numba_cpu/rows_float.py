@@ -33,6 +33,43 @@ def fdot(a, x):
     return hsum32(acc)
 
 
+@njit(**JIT_DOT)
+def fdot4(a, x0, x1, x2, x3):
+    """(fdot(a, x0), fdot(a, x1), fdot(a, x2), fdot(a, x3)), each bit for bit fdot's (the same lanes,
+    in the same order), computed together: four independent accumulator chains keep the FMA units
+    busy where one chain waits on its own latency (and the four `hsum32` chains overlap too)."""
+    acc0 = carray(stack_f32(32), 32)
+    acc1 = carray(stack_f32(32), 32)
+    acc2 = carray(stack_f32(32), 32)
+    acc3 = carray(stack_f32(32), 32)
+    zero32(acc0)
+    zero32(acc1)
+    zero32(acc2)
+    zero32(acc3)
+    n = x0.shape[0]
+    n32 = n - n % 32
+    for c in range(0, n32, 32):
+        ac = a[c:c + 32]
+        y0 = x0[c:c + 32]
+        y1 = x1[c:c + 32]
+        y2 = x2[c:c + 32]
+        y3 = x3[c:c + 32]
+        for j in range(32):
+            acc0[j] += ac[j] * y0[j]
+        for j in range(32):
+            acc1[j] += ac[j] * y1[j]
+        for j in range(32):
+            acc2[j] += ac[j] * y2[j]
+        for j in range(32):
+            acc3[j] += ac[j] * y3[j]
+    for i in range(n32, n):
+        acc0[0] += a[i] * x0[i]
+        acc1[0] += a[i] * x1[i]
+        acc2[0] += a[i] * x2[i]
+        acc3[0] += a[i] * x3[i]
+    return hsum32(acc0), hsum32(acc1), hsum32(acc2), hsum32(acc3)
+
+
 # Products of a dequantized tile with tokens (the batched path): a plain loop that the *loop*
 # vectorizer handles (16 lanes per partial sum), which needs 'reassoc': compiled on its own (not
 # inlined, so the flag is its own), taking 2-D arrays plus row indices so that the caller creates
