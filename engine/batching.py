@@ -249,9 +249,15 @@ class BatchScheduler:
             return
         try:
             tokens = [t for w in ok for t in w.tokens]
-            replay = self._replay if len(ok) == 1 and ok[0].decode else None
-            if replay is not None:  # one stream decoding: the device's recorded step (CUDA graph) as without batching
-                ok[0].result = replay(self.model, ok[0].cache, tokens[0])
+            if len(ok) == 1 and ok[0].decode:
+                # one stream decoding: the step it would run without batching (the device's recorded step
+                # where there is one), without the batch's views; a lone token's products and attention
+                # are the same either way (the "rows" path of one token is the plain matrix-vector one)
+                replay = self._replay
+                if replay is not None:
+                    ok[0].result = replay(self.model, ok[0].cache, tokens[0])
+                else:
+                    ok[0].result = self.model.place.output.to_numpy(self.model.forward(tokens, ok[0].cache))
             else:
                 bc = BatchCache(ok)
                 out = self.model.forward(tokens, bc)
