@@ -14,7 +14,10 @@ Steps:
     own thread (generate.prefill's batch, llama.cpp's -ub), so a long prompt takes one chunk per
     step and the streams already decoding get a token every step (chunked prefill).
   * sequences join between steps; a sequence that decoded in the last step is waited for a moment
-    (`gather_s`) so that it does not miss the next one; one that left (finished, cancelled) is not.
+    (`gather_s`, or a quarter of the last step's time if that is longer: its thread is sampling, and
+    with 16 streams the samplers, one after another under the GIL, take a good part of a step; one
+    that misses a step costs a whole extra step later) so that it does not miss the next one; one
+    that left (finished, cancelled) is not.
   * a sequence whose tokens do not fit its cache gets ContextFull alone; a failing pass fails the
     sequences in it, never the scheduler.
 
@@ -134,6 +137,8 @@ class BatchCache:
 class BatchScheduler:
     """One per loaded model: a thread that runs the steps. `attach` makes a cache one of its slots."""
 
+    GATHER_FRACTION = 0.25  # of the last step's time, the longest wait for a sequence of that step
+
     def __init__(self, model, budget: int = 512, gather_s: float = 0.003):
         if budget < 1:
             raise ValueError(f"the step budget must be at least 1 token, not {budget}")
@@ -145,6 +150,7 @@ class BatchScheduler:
         self.steps = 0                      # passes run
         self.rows = 0                       # tokens through them
         self.max_batch = 0                  # most sequences in one step
+        self._last_step_s = 0.0
         self._thread = threading.Thread(target=self._loop, name="batch-scheduler", daemon=True)
         self._thread.start()
 
@@ -212,7 +218,7 @@ class BatchScheduler:
 
     def _gather(self):
         """Wait (at most gather_s) for the sequences of the last step still to come back."""
-        deadline = time.monotonic() + self.gather_s
+        deadline = time.monotonic() + max(self.gather_s, self.GATHER_FRACTION * self._last_step_s)
         while True:
             missing = self._expected - {id(w.cache) for w in self._pending}
             left = deadline - time.monotonic()
@@ -247,6 +253,7 @@ class BatchScheduler:
                 w.done.set()
         if not ok:
             return
+        t0 = time.monotonic()
         try:
             tokens = [t for w in ok for t in w.tokens]
             if len(ok) == 1 and ok[0].decode:
@@ -269,6 +276,7 @@ class BatchScheduler:
             for w in ok:
                 w.error = e
         finally:
+            self._last_step_s = time.monotonic() - t0
             for w in ok:
                 w.done.set()
 
