@@ -4,6 +4,8 @@ the same run.
 
     python benchmarks/bench_server.py [-m MODEL ...] [--clients 1 4 16] [--requests 32] [--max-tokens 32] [-t 2]
 
+Ours runs twice batched: in the default `--batching exact` (a request's tokens do not depend on the
+others in its steps) and in `--batching fast` (each step's products as one matrix product).
 Each client sends streamed chat requests back to back (different prompts, temperature 0.8, seeded)
 until the run's request count is done. Reported per server and client count: requests/s, generated
 tokens/s, p50/p95 time to first token and p50/p95 request latency. llama-cpp-python's server serves
@@ -119,6 +121,7 @@ def main(argv=None) -> int:
     ap.add_argument("--parallel", type=int, default=16, help="our batched server's slots")
     ap.add_argument("--no-reference", action="store_true", help="skip llama-cpp-python's server")
     ap.add_argument("--no-single", action="store_true", help="skip our single-slot server")
+    ap.add_argument("--no-fast", action="store_true", help="skip our batched server in --batching fast")
     args = ap.parse_args(argv)
 
     n_ctx = 512 * args.parallel  # 512 positions a slot, as many as llama-cpp-python's one sequence gets
@@ -127,6 +130,9 @@ def main(argv=None) -> int:
             f"ours (--parallel {args.parallel})": [
                 sys.executable, "-m", "engine", "serve", "-m", model, "--alias", "m", "-c", str(n_ctx),
                 "-t", str(args.threads), "--parallel", str(args.parallel)],
+            f"ours (--parallel {args.parallel} --batching fast)": [
+                sys.executable, "-m", "engine", "serve", "-m", model, "--alias", "m", "-c", str(n_ctx),
+                "-t", str(args.threads), "--parallel", str(args.parallel), "--batching", "fast"],
             "ours (--parallel 1)": [sys.executable, "-m", "engine", "serve", "-m", model, "--alias", "m", "-c", "512",
                                     "-t", str(args.threads), "--parallel", "1"],
             "llama-cpp-python server": [
@@ -134,6 +140,8 @@ def main(argv=None) -> int:
                 "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads),
                 "--interrupt_requests", "False"],  # its default cuts a running stream when the next request arrives
         }
+        if args.no_fast:
+            servers.pop(f"ours (--parallel {args.parallel} --batching fast)")
         if args.no_single:
             servers.pop("ours (--parallel 1)")
         if args.no_reference:

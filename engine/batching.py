@@ -31,7 +31,8 @@ Batch invariance: products group a pass's rows by role through `path` (kernels/b
 with "rows", prompt rows with "tiles", so each row is computed exactly as it is in a pass of any other
 size or company; attention runs per sequence, and on the CPU in llama.cpp mode computes each query row
 alone. On such backends (`batch_invariant`: the CPU in its default llama.cpp mode) a request's tokens
-are the same alone or beside others. The device backends do not promise it yet (their matrix-vector
+are the same alone or beside others. `exact=False` (serve --batching fast) trades that for throughput:
+each step's products then run as one product over all its rows (batched_slots). The device backends do not promise it yet (their matrix-vector
 and tiled kernels round differently), nor does the NumPy reference (BLAS), and /props says so.
 """
 
@@ -86,8 +87,8 @@ class BatchCache:
     """What DecoderModel.forward asks of a cache, answered for the sequences of one step: positions
     of each, attention per sequence over its own cache, and the logits rows each asked for."""
 
-    def __init__(self, works: list[Work]):
-        self.works = works
+    def __init__(self, works: list[Work], exact: bool = True):
+        self.works, self.exact = works, exact
         self.n_decode = sum(1 for w in works if w.decode)  # the decode rows lead (see BatchScheduler._choose)
 
     def check_room(self, n: int):
@@ -98,7 +99,9 @@ class BatchCache:
         return np.concatenate([w.cache.positions(len(w.tokens)) for w in self.works])
 
     def view(self, be):
-        return _Rows(be, self.n_decode)
+        """Exact: decode rows and prompt rows on their fixed paths. Fast: the backend as it is, so a
+        step's rows go through one product (the tiled GEMM once there are more than a few)."""
+        return _Rows(be, self.n_decode) if self.exact else be
 
     def attend(self, layer: int, be, q, k, v, pos, **kw):
         out, a = [], 0
@@ -139,10 +142,10 @@ class BatchScheduler:
 
     GATHER_FRACTION = 0.25  # of the last step's time, the longest wait for a sequence of that step
 
-    def __init__(self, model, budget: int = 512, gather_s: float = 0.003):
+    def __init__(self, model, budget: int = 512, gather_s: float = 0.003, exact: bool = True):
         if budget < 1:
             raise ValueError(f"the step budget must be at least 1 token, not {budget}")
-        self.model, self.budget, self.gather_s = model, int(budget), gather_s
+        self.model, self.budget, self.gather_s, self.exact = model, int(budget), gather_s, bool(exact)
         self._cv = threading.Condition()
         self._pending: list[Work] = []
         self._expected: set[int] = set()   # caches that decoded in the last step (they usually come back)
@@ -163,7 +166,7 @@ class BatchScheduler:
 
     @property
     def batch_invariant(self) -> bool:
-        return all(getattr(be, "batch_invariant", False) for be in self.model.place.backends())
+        return self.exact and all(getattr(be, "batch_invariant", False) for be in self.model.place.backends())
 
     def attach(self, cache):
         """Route `generate.prefill/decode` on `cache` through this scheduler."""
@@ -266,7 +269,7 @@ class BatchScheduler:
                 else:
                     ok[0].result = self.model.place.output.to_numpy(self.model.forward(tokens, ok[0].cache))
             else:
-                bc = BatchCache(ok)
+                bc = BatchCache(ok, self.exact)
                 out = self.model.forward(tokens, bc)
                 bc.hand_out(self.model.place.output.to_numpy(out))
             self.steps += 1
@@ -282,18 +285,24 @@ class BatchScheduler:
 
     def stats(self) -> dict:
         return {"steps": self.steps, "tokens": self.rows, "max_batch": self.max_batch, "budget": self.budget,
-                "batch_invariant": self.batch_invariant}
+                "batch_invariant": self.batch_invariant, "mode": "exact" if self.exact else "fast"}
 
 
-def batched_slots(engine, parallel: int, budget: int = 512) -> list:
+def batched_slots(engine, parallel: int, budget: int = 512, exact: bool = True) -> list:
     """`parallel` Engines over `engine`'s model (its weights, its backend), each with its region of the
-    KV pool (`engine.n_ctx / parallel` positions) as a slot of one BatchScheduler."""
+    KV pool (`engine.n_ctx / parallel` positions) as a slot of one BatchScheduler.
+
+    exact=False (serve --batching fast) gives up batch invariance for speed: a step's products run as
+    one matrix product over all its rows, the tiled GEMM of the prompt path (several times the
+    multiply-adds per second of the row-by-row dots on the CPU), so with many streams the throughput
+    is higher, and a request's tokens may differ by rounding from what it gets alone, as in
+    llama-server and vLLM."""
     if parallel < 1:
         raise ValueError(f"parallel must be at least 1, not {parallel}")
     n_ctx = engine.n_ctx // parallel
     if n_ctx < 1:
         raise ValueError(f"a context of {engine.n_ctx} cannot be divided among {parallel} slots")
-    sched = BatchScheduler(engine.model, budget)
+    sched = BatchScheduler(engine.model, budget, exact=exact)
     slots = []
     for _ in range(parallel):
         e = type(engine)(engine.gguf, engine.model, engine.backend, engine.tokenizer, n_ctx)

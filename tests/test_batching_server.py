@@ -144,3 +144,15 @@ def test_streamed_usage_reports_cached_tokens(server):
         model="x", messages=[{"role": "user", "content": PROMPTS[0]}], max_tokens=4, stream=True,
         stream_options={"include_usage": True}))
     assert chunks[-1].usage.prompt_tokens_details.cached_tokens > 0  # the first test left it in a slot
+
+
+def test_fast_batching_server(smollm2_path):
+    """`serve --batching fast`: every stream is served, /props says it is not batch invariant."""
+    s = Server("-m", str(smollm2_path), "--parallel", "4", "-c", "2048", "--batching", "fast", "-a", "x")
+    try:
+        out = concurrently([lambda i=i: stream(s, i, max_tokens=12) for i in range(6)])
+        assert all(out)
+        props = __import__("json").loads(s.get("/props")[1])
+        assert props["batch_invariant"] is False and props["batching"]["mode"] == "fast"
+    finally:
+        s.stop()

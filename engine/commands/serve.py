@@ -32,6 +32,10 @@ def add_arguments(p):
     p.add_argument("-b", "--batch-size", type=int, default=512,
                    help="tokens a batched step takes at most: every decoding sequence's next token, then prompt "
                         "chunks (default 512)")
+    p.add_argument("--batching", choices=["exact", "fast"], default="exact",
+                   help="exact (default): a request gets the same tokens alone or beside others (batch "
+                        "invariant); fast: each step's products run as one matrix product, more tokens/s "
+                        "with many streams, rounding then depends on the company (as llama-server)")
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' on every route but /health (several: KEY1,KEY2)")
     p.add_argument("--api-key-file", default=None, help="file of API keys, one a line ('#' starts a comment)")
@@ -75,7 +79,7 @@ def specs_from_args(args):
             cfg = json.load(f)
         defaults = {"n_ctx": args.ctx_size, "parallel": args.parallel, "n_threads": args.threads, "pull": args.pull,
                     "backend": args.backend, "n_gpu_layers": args.n_gpu_layers, "device": args.device,
-                    "n_batch": args.batch_size}
+                    "n_batch": args.batch_size, "batching": args.batching}
         specs = [ModelSpec.from_config(e, defaults) for e in cfg.get("models", [])]
         host = host or cfg.get("host")
         port = port or cfg.get("port")
@@ -88,7 +92,7 @@ def specs_from_args(args):
         specs = [ModelSpec(path=path, alias=args.alias or (name if is_ref else Path(path).name), n_ctx=args.ctx_size,
                            parallel=args.parallel, n_threads=args.threads, chat_format=args.chat_template,
                            backend=args.backend, n_gpu_layers=args.n_gpu_layers, device=args.device,
-                           n_batch=args.batch_size)]
+                           n_batch=args.batch_size, batching=args.batching)]
     return specs, host or "127.0.0.1", int(port or 8080)
 
 

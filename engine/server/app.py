@@ -207,7 +207,7 @@ def batching_props(engine) -> dict:
         return {"batch_invariant": bool(getattr(engine.backend, "batch_invariant", False)), "continuous_batching": False}
     st = sched.stats()
     return {"batch_invariant": st["batch_invariant"], "continuous_batching": True, "n_batch": st["budget"],
-            "batching": {"steps": st["steps"], "tokens": st["tokens"], "max_batch": st["max_batch"]}}
+            "batching": {"steps": st["steps"], "tokens": st["tokens"], "max_batch": st["max_batch"], "mode": st["mode"]}}
 
 
 def device_props(engine) -> dict:

@@ -187,7 +187,7 @@ def build_app(args: dict):
     if "config" in args:
         with open(args.pop("config")) as f:
             args = {**json.load(f), **args}
-    defaults = {k: args[k] for k in ("n_ctx", "parallel", "n_threads", "pull", "backend", "n_gpu_layers", "n_batch")
+    defaults = {k: args[k] for k in ("n_ctx", "parallel", "n_threads", "pull", "backend", "n_gpu_layers", "n_batch", "batching")
                 if k in args}
     specs = [for_replicas(ModelSpec.from_config(e, defaults)) for e in args.get("models", [])]
     if not specs:
@@ -228,7 +228,8 @@ def specs_for_ray(args, specs_from_args) -> tuple[list[dict], str, int]:
               backend=args.backend, n_gpu_layers=args.n_gpu_layers, device=args.device)
     if getattr(args, "batch_size", None) and "n_batch" in {f.name for f in dataclasses.fields(ModelSpec)}:
         kw["n_batch"] = args.batch_size  # -b, where the server batches
-    spec = ModelSpec(**kw)
+    if getattr(args, "batching", None):
+        kw["batching"] = args.batching    spec = ModelSpec(**kw)
     return [for_replicas(spec)], args.host or "127.0.0.1", int(args.port or 8080)
 
 

@@ -35,6 +35,7 @@ class ModelSpec:
     n_gpu_layers: int | None = None     # llama.cpp's -ngl / n_gpu_layers (None: all layers)
     device: int | None = None           # GPU index
     n_batch: int = 512                  # tokens a batched step takes at most (llama.cpp's -b)
+    batching: str = "exact"             # "exact": batch invariant; "fast": one product per step (engine/batching.py)
 
     @classmethod
     def from_config(cls, entry: dict, defaults: dict) -> "ModelSpec":
@@ -50,7 +51,14 @@ class ModelSpec:
                    backend=str(entry.get("backend", defaults.get("backend", "auto"))),
                    n_gpu_layers=entry.get("n_gpu_layers", defaults.get("n_gpu_layers")),
                    device=entry.get("main_gpu", defaults.get("device")),
-                   n_batch=int(entry.get("n_batch", defaults.get("n_batch", 512))))
+                   n_batch=int(entry.get("n_batch", defaults.get("n_batch", 512))),
+                   batching=_batching(entry.get("batching", defaults.get("batching", "exact"))))
+
+
+def _batching(mode) -> str:
+    if mode not in ("exact", "fast"):
+        raise ValueError(f"batching must be 'exact' or 'fast', not {mode!r}")
+    return mode
 
 
 class UnknownModel(KeyError):
@@ -130,7 +138,7 @@ class ModelRegistry:
         spec.file = str(resolve_model(spec.path, pull=spec.pull))
         first = Engine.load(spec.file, n_ctx=spec.n_ctx, n_threads=spec.n_threads or os.cpu_count(),
                             backend=spec.backend, n_gpu_layers=spec.n_gpu_layers, device=spec.device)
-        return batched_slots(first, spec.parallel, spec.n_batch)
+        return batched_slots(first, spec.parallel, spec.n_batch, exact=spec.batching == "exact")
 
     def _unload(self, alias: str):
         m = self.loaded.pop(alias)
