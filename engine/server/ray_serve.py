@@ -229,7 +229,8 @@ def specs_for_ray(args, specs_from_args) -> tuple[list[dict], str, int]:
     if getattr(args, "batch_size", None) and "n_batch" in {f.name for f in dataclasses.fields(ModelSpec)}:
         kw["n_batch"] = args.batch_size  # -b, where the server batches
     if getattr(args, "batching", None):
-        kw["batching"] = args.batching    spec = ModelSpec(**kw)
+        kw["batching"] = args.batching
+    spec = ModelSpec(**kw)
     return [for_replicas(spec)], args.host or "127.0.0.1", int(args.port or 8080)
 
 
