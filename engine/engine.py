@@ -212,8 +212,8 @@ class Engine:
         from .generate import DEFAULT_BATCH, common_prefix
 
         common = common_prefix(self.cached_tokens, prompt) if reuse else 0
-        if self.batch_invariant_cache:
-            common = min(common, len(prompt) - 1)  # any prefix: its rows are what a cold run computes
+        if self.reuse_any_prefix:
+            common = min(common, len(prompt) - 1)  # any prefix (see reuse_any_prefix)
         else:
             common = min(common, len(prompt) - 1, self._aligned)  # evaluate >= 1 token to get logits
             common -= common % DEFAULT_BATCH
@@ -224,12 +224,13 @@ class Engine:
         return todo
 
     @property
-    def batch_invariant_cache(self) -> bool:
-        """Whether the cache is a batch scheduler's slot on batch-invariant backends (engine/batching.py):
-        then a prompt's rows are computed the same in any chunking, and any cached prefix of prompt
-        tokens is exactly what a cold run would compute."""
+    def reuse_any_prefix(self) -> bool:
+        """Whether any cached prefix may be reused, not only whole aligned batches: on a batch scheduler's
+        slot on batch-invariant backends (engine/batching.py) a prompt's rows are computed the same in any
+        chunking, so any cached prefix is exactly what a cold run would compute; in `--batching fast` the
+        rounding depends on the company anyway, and the prefix is reused as llama-server reuses it."""
         sched = getattr(self.cache, "scheduler", None)
-        return sched is not None and sched.batch_invariant
+        return sched is not None and (sched.batch_invariant or not sched.exact)
 
     # --- generation
     def generate(self, prompt, max_tokens: int = 128, temperature: float = 0.8, top_k: int = 40,
