@@ -10,6 +10,7 @@ sent; a failing request never takes the server down.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -223,7 +224,12 @@ def create_app(registry: ModelRegistry, api_key: str | list[str] | APIKeys | Non
                limits: ServerLimits | None = None) -> FastAPI:
     """The app for `registry`. `api_key`: llama-server's --api-key (one key, or several separated by
     commas, or a list); `limits`: what the owner bounds (engine/server/limits.py)."""
-    app = FastAPI(title="ggufpy", docs_url=None, redoc_url=None)
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        app.state.files.start()  # model files held against truncation while served (engine/server/file_guard.py)
+        yield
+
+    app = FastAPI(title="ggufpy", docs_url=None, redoc_url=None, lifespan=lifespan)
     stats = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "predicted_ms": 0.0, "errors": 0}
     keys = api_key if isinstance(api_key, APIKeys) else APIKeys(
         read_keys(api_key) if isinstance(api_key, str) or api_key is None else list(api_key))
@@ -244,10 +250,6 @@ def create_app(registry: ModelRegistry, api_key: str | list[str] | APIKeys | Non
 
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)  # outermost: before auth and parsing
     schemas.install_openapi(app)
-
-    @app.on_event("startup")
-    async def watch_files():
-        files.start()  # model files held against truncation while served (engine/server/file_guard.py)
 
     @app.exception_handler(APIError)
     async def api_error(request, e: APIError):
