@@ -51,7 +51,7 @@ python3 tools/make_tiny_gguf.py twin benchmarks/shapes/gemma-3-270m-q4_k_m.json 
 echo "models: $(( $(date +%s) - start )) s"
 
 echo "== 2. device tests on cuda"
-GGUFPY_TEST_BACKENDS=cuda timeout 300 python3 -m pytest -q -p no:cacheprovider -rfE --durations=15 --timeout 90 \
+GGUFPY_TEST_BACKENDS=cuda timeout 240 python3 -m pytest -q -p no:cacheprovider -rfE --durations=15 --timeout 90 \
     tests/test_gpu_models.py tests/test_gpu_products.py tests/test_gpu_attention.py tests/test_gpu_ops.py \
     2>&1 | tee "$OUT/gpu_tests.log" | tail -60
 echo "tests: $(( $(date +%s) - start )) s"
