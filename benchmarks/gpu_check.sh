@@ -13,7 +13,8 @@
 # conformance with llama.cpp does not depend on the weights being trained.
 # Usage: bash benchmarks/gpu_check.sh [OUT_DIR]     (results: OUT_DIR/gpu_tests.log, gpu_bench.json)
 # Python packages it needs beyond the GPU image's: gguf (and the project's own: run from the repo root;
-# wheels in .whl/ are installed to /tmp/site first if present; models/*.jinja are copied when present).
+# wheels in .whl/ are installed to /tmp/site first if present (gguf; diskcache for llama-cpp-python);
+# models/*.jinja or .dev/models/*.jinja are copied when present).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-${OUT:-/tmp/gpu_check}}"
@@ -24,7 +25,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
         && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
-cp models/*.jinja "$MODELS"/ 2>/dev/null || true
+cp models/*.jinja .dev/models/*.jinja "$MODELS"/ 2>/dev/null || true  # chat templates the tiny models take
 if [ -d .dev/site/llama_cpp ]; then  # a CPU build of llama-cpp-python, the reference; kept only if it loads
     if LD_LIBRARY_PATH=.dev/site/llama_cpp/lib PYTHONPATH="$PWD/.dev/site" timeout 60 python3 -c \
         "import llama_cpp; print(llama_cpp.llama_print_system_info().decode())"; then

@@ -55,18 +55,18 @@ KERNEL void rope(GLOBAL const float* x, GLOBAL const int* pos, GLOBAL float* y, 
     float theta = (float)pos[t];
     for (int j = 0; j < i; ++j) theta *= theta_scale;
     float th_extrap = has_ff ? theta / ff[i] : theta;
-    float th_interp = freq_scale * th_extrap;
+    float th_interp = FMUL_RN(freq_scale, th_extrap);
     float th = th_interp;
-    if (ext_factor != 0.0f) {
+    if (ext_factor != 0.0f) {  /* each step rounded as the reference rounds it (see FMUL_RN) */
         float r = ((float)i - low) / FMAXF(0.001f, high - low);
         float ramp = 1.0f - FMINF(1.0f, FMAXF(0.0f, r));
-        float mix = ramp * ext_factor;
-        th = th_interp * (1.0f - mix) + th_extrap * mix;
+        float mix = FMUL_RN(ramp, ext_factor);
+        th = FADD_RN(FMUL_RN(th_interp, 1.0f - mix), FMUL_RN(th_extrap, mix));
     }
     float c = COSF(th) * mscale, s = SINF(th) * mscale;
     int i0 = neox ? i : 2 * i;
     int i1 = neox ? i + n_half : 2 * i + 1;
     float x0 = xr[i0], x1 = xr[i1];
-    yr[i0] = x0 * c - x1 * s;
-    yr[i1] = x0 * s + x1 * c;
+    yr[i0] = FADD_RN(FMUL_RN(x0, c), -FMUL_RN(x1, s));
+    yr[i1] = FADD_RN(FMUL_RN(x0, s), FMUL_RN(x1, c));
 }

@@ -11,6 +11,10 @@
  *   SHARED    a work-group array        LPTR            qualifier of a pointer into SHARED memory
  *   DEVICE    a helper function         BARRIER         work-group barrier (local memory)
  *   GID(d) LID(d) GRP(d) LSZ(d) NGRP(d) NDRange indices, d = 0 (fastest), 1, 2
+ *   FMUL_RN(a, b) FADD_RN(a, b)        a product / sum rounded on its own, never fused into an FMA:
+ *             NVRTC contracts a*b + c into fma by default (--fmad=true), OpenCL compilers may too;
+ *             where the reference rounds each step (RoPE's angles, which grow to thousands of radians,
+ *             so one rounding more or less moves cos/sin by 1e-4), the kernels spell it out.
  */
 #ifndef GGUFPY_PRELUDE_H
 #define GGUFPY_PRELUDE_H
@@ -40,6 +44,9 @@
 #define FMINF(a, b) fmin(a, b)
 #define AS_FLOAT(u) as_float(u)
 #define AS_UINT(f) as_uint(f)
+#pragma OPENCL FP_CONTRACT OFF
+#define FMUL_RN(a, b) ((a) * (b))
+#define FADD_RN(a, b) ((a) + (b))
 typedef char i8;
 typedef ulong u64;
 #else
@@ -68,6 +75,8 @@ typedef ulong u64;
 #define FMINF(a, b) fminf(a, b)
 #define AS_FLOAT(u) __uint_as_float(u)
 #define AS_UINT(f) __float_as_uint(f)
+#define FMUL_RN(a, b) __fmul_rn((a), (b))
+#define FADD_RN(a, b) __fadd_rn((a), (b))
 #ifndef INFINITY
 #define INFINITY __int_as_float(0x7f800000)
 #endif
