@@ -61,6 +61,6 @@ echo "== 3. speed"
 [ -f $MODELS/gpt-oss-20b-shaped.gguf ] || \
     python3 tools/make_tiny_gguf.py gpt-oss $MODELS/gpt-oss-20b-shaped.gguf --shape 20b >/dev/null
 echo "gpt-oss-20b-shaped: $(( $(date +%s) - start )) s"
-timeout 200 python3 benchmarks/gpu_bench.py --backend cuda -p 512 -n 128 -r 2 --json "$OUT/gpu_bench.json" \
+timeout 170 python3 benchmarks/gpu_bench.py --backend cuda -p 512 -n 128 -r 2 --json "$OUT/gpu_bench.json" \
     $MODELS/SmolLM2-135M-Instruct.Q4_1.gguf $MODELS/gemma-3-270m-q4_k_m.gguf $MODELS/gpt-oss-20b-shaped.gguf
 echo "total: $(( $(date +%s) - start )) s"
