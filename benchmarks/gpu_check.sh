@@ -27,7 +27,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 cp models/*.jinja .dev/models/*.jinja "$MODELS"/ 2>/dev/null || true  # chat templates the tiny models take
 if [ -d .dev/site/llama_cpp ]; then  # a CPU build of llama-cpp-python, the reference; kept only if it loads
-    if LD_LIBRARY_PATH=.dev/site/llama_cpp/lib PYTHONPATH="$PWD/.dev/site" timeout 60 python3 -c \
+    if LD_LIBRARY_PATH=.dev/site/llama_cpp/lib PYTHONPATH="$PYTHONPATH:$PWD/.dev/site" timeout 60 python3 -c \
         "import llama_cpp; print(llama_cpp.llama_print_system_info().decode())"; then
         export PYTHONPATH="$PYTHONPATH:$PWD/.dev/site" LD_LIBRARY_PATH="$PWD/.dev/site/llama_cpp/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     else

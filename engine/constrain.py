@@ -149,14 +149,17 @@ def grammar_text(*, grammar: str | None = None, json_schema: Any = None, respons
                  lark: str | None = None) -> str | None:
     """The llguidance grammar (its JSON form) for one of the request shapes, or None when the request
     asks for none. GBNF is converted by llguidance's own converter; a construct it cannot express is
-    a ConstraintError naming it."""
-    llg = _llg()
+    a ConstraintError naming it. llguidance is imported only when there is something to compile: plain
+    generation works without it."""
     given = [n for n, v in (("grammar", grammar), ("json_schema", json_schema), ("lark", lark)) if v is not None]
     schema = schema_from_response_format(response_format)
     if schema is not None:
         given.append("response_format")
+    if not given:
+        return None
     if len(given) > 1:
         raise ConstraintError(f"give only one of {', '.join(given)}: they would constrain the same output")
+    llg = _llg()
     if lark is not None:
         return llg.LLMatcher.grammar_from_lark(lark)
     if grammar is not None:
