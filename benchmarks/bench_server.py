@@ -8,7 +8,8 @@ Ours runs twice batched: in the default `--batching exact` (a request's tokens d
 others in its steps) and in `--batching fast` (each step's products as one matrix product).
 Each client sends streamed chat requests back to back (different prompts, temperature 0.8, seeded)
 until the run's request count is done. Reported per server and client count: requests/s, generated
-tokens/s, p50/p95 time to first token and p50/p95 request latency. llama-cpp-python's server serves
+tokens/s, a stream's own decode speed after its first token (median; beside `engine bench`'s tg, measured
+first on the same threads), p50/p95 time to first token and p50/p95 request latency. llama-cpp-python's server serves
 one request at a time (started with `--interrupt_requests False`: by default it cuts a running stream
 when the next request arrives); ours batches every active sequence into one forward pass per step.
 llama-cpp-python's server needs the `bench` extra (sse-starlette, starlette-context, pydantic-settings).
@@ -81,7 +82,7 @@ def pct(xs, q: float) -> float:
 
 
 def load(base: str, model: str, clients: int, n_requests: int, max_tokens: int) -> dict:
-    lock, next_i, ttfts, lat, toks = threading.Lock(), [0], [], [], []
+    lock, next_i, ttfts, lat, toks, rates = threading.Lock(), [0], [], [], [], []
 
     def worker():
         while True:
@@ -95,6 +96,8 @@ def load(base: str, model: str, clients: int, n_requests: int, max_tokens: int) 
                 ttfts.append(first)
                 lat.append(dt)
                 toks.append(n)
+                if n > 1 and dt > first:
+                    rates.append((n - 1) / (dt - first))  # the stream's own decode speed, after its first token
 
     chat(base, model, 10_000, 4)  # warm-up
     t0 = time.perf_counter()
@@ -105,7 +108,18 @@ def load(base: str, model: str, clients: int, n_requests: int, max_tokens: int) 
         t.join()
     wall = time.perf_counter() - t0
     return {"requests_s": n_requests / wall, "tokens_s": sum(toks) / wall, "ttft_p50": statistics.median(ttfts),
-            "ttft_p95": pct(ttfts, 0.95), "p50_s": statistics.median(lat), "p95_s": pct(lat, 0.95)}
+            "ttft_p95": pct(ttfts, 0.95), "p50_s": statistics.median(lat), "p95_s": pct(lat, 0.95),
+            "stream_tps": statistics.median(rates) if rates else 0.0}
+
+
+def bench_tg(model: str, threads: int) -> float:
+    """`python -m engine bench`'s tg (tokens/s of generation, median) on the same threads: the speed a
+    lone stream should approach."""
+    p = subprocess.run([sys.executable, "-m", "engine", "bench", "-m", model, "-p", "16", "-n", "32", "-r", "3",
+                        "-t", str(threads), "--json"], capture_output=True, text=True, cwd=ROOT)
+    if p.returncode != 0:
+        return float("nan")
+    return float(json.loads(p.stdout.strip().splitlines()[-1])["tg"]["median"])
 
 
 def main(argv=None) -> int:
@@ -147,9 +161,10 @@ def main(argv=None) -> int:
         if args.no_reference:
             servers.pop("llama-cpp-python server")
         print(f"\n{Path(model).name}, {args.requests} streamed requests of up to {args.max_tokens} tokens, "
-              f"{args.threads} threads\n")
-        print("| server | clients | requests/s | tokens/s | TTFT p50 s | TTFT p95 s | latency p50 s | latency p95 s |")
-        print("|---|---|---|---|---|---|---|---|")
+              f"{args.threads} threads; `engine bench` tg {bench_tg(model, args.threads):.1f} t/s\n")
+        print("| server | clients | requests/s | tokens/s | stream t/s p50 | TTFT p50 s | TTFT p95 s | latency p50 s "
+              "| latency p95 s |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for name, cmd in servers.items():
             port = free_port()
             proc = subprocess.Popen(cmd + ["--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL,
@@ -159,7 +174,8 @@ def main(argv=None) -> int:
                 wait_ready(base, proc)
                 for c in args.clients:
                     r = load(base, "m", c, args.requests, args.max_tokens)
-                    print(f"| {name} | {c} | {r['requests_s']:.2f} | {r['tokens_s']:.1f} | {r['ttft_p50']:.2f} | "
+                    print(f"| {name} | {c} | {r['requests_s']:.2f} | {r['tokens_s']:.1f} | {r['stream_tps']:.1f} | "
+                          f"{r['ttft_p50']:.2f} | "
                           f"{r['ttft_p95']:.2f} | {r['p50_s']:.2f} | {r['p95_s']:.2f} |", flush=True)
             finally:
                 proc.terminate()
