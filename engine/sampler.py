@@ -152,9 +152,14 @@ def _desc_order(logits: np.ndarray, k: int | None = None) -> np.ndarray:
     n = len(logits)
     if k is None or k >= n:
         return np.argsort(-logits, kind="stable")
-    part = np.argpartition(-logits, k - 1)[:k]
-    part.sort()
-    return part[np.argsort(-logits[part], kind="stable")]
+    if k <= 0:
+        return np.zeros(0, np.int64)
+    # the k-th largest value by a value-only partition (half the time of argpartition on a 50-250k
+    # vocabulary), then every position at or above it, ordered by (-logit, position): exactly the top k,
+    # ties at the boundary going to the lower positions too
+    thr = np.partition(logits, n - k)[n - k]
+    idx = np.flatnonzero(logits >= thr) if not np.isnan(thr) else np.arange(n)
+    return idx[np.lexsort((idx, -logits[idx]))][:k]
 
 
 def _sort(c: _Candidates, k: int | None = None) -> None:
