@@ -52,28 +52,31 @@ def wait_ready(base: str, proc, timeout: float = 180):
     raise RuntimeError("server not ready")
 
 
-def chat(base: str, model: str, i: int, max_tokens: int) -> tuple[float, float, int]:
-    """One streamed chat: (time to first token, latency, completion tokens)."""
+def chat(base: str, model: str, i: int, max_tokens: int) -> tuple[float, float, int, float]:
+    """One streamed chat: (time to first token, latency, completion tokens, time of the last token)."""
     body = {"model": model, "messages": [{"role": "user", "content": f"Write a sentence about the number {i}."}],
             "max_tokens": max_tokens, "temperature": 0.8, "seed": i, "stream": True,
             "stream_options": {"include_usage": True}}
     req = urllib.request.Request(base + "/v1/chat/completions", json.dumps(body).encode(),
                                  {"Content-Type": "application/json"})
     t0 = time.perf_counter()
-    ttft, n, chunks = None, 0, 0
+    ttft, n, chunks, last = None, 0, 0, None
     with urllib.request.urlopen(req, timeout=600) as r:
         for line in r:
             if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
                 continue
             ev = json.loads(line[6:])
-            if ttft is None and any((c.get("delta") or {}).get("content") for c in ev.get("choices", [])):
-                ttft = time.perf_counter() - t0
+            content = any((c.get("delta") or {}).get("content") for c in ev.get("choices", []))
+            if content:
+                last = time.perf_counter() - t0
+            if ttft is None and content:
+                ttft = last
             if ev.get("usage"):
                 n = int(ev["usage"]["completion_tokens"])
             elif any((c.get("delta") or {}).get("content") for c in ev.get("choices", [])):
                 chunks += 1  # llama-cpp-python sends no usage in a stream: one content chunk per token
     lat = time.perf_counter() - t0
-    return ttft if ttft is not None else lat, lat, n or chunks
+    return ttft if ttft is not None else lat, lat, n or chunks, last if last is not None else lat
 
 
 def pct(xs, q: float) -> float:
@@ -91,13 +94,13 @@ def load(base: str, model: str, clients: int, n_requests: int, max_tokens: int) 
                     return
                 i = next_i[0]
                 next_i[0] += 1
-            first, dt, n = chat(base, model, i, max_tokens)
+            first, dt, n, last = chat(base, model, i, max_tokens)
             with lock:
                 ttfts.append(first)
                 lat.append(dt)
                 toks.append(n)
-                if n > 1 and dt > first:
-                    rates.append((n - 1) / (dt - first))  # the stream's own decode speed, after its first token
+                if n > 1 and last > first:
+                    rates.append((n - 1) / (last - first))  # the stream's own decode speed, first to last token
 
     chat(base, model, 10_000, 4)  # warm-up
     t0 = time.perf_counter()
