@@ -137,6 +137,17 @@ def tile_range(qt, w3, e, r0, r1, out, o):  # pragma: no cover - overloaded belo
     raise NotImplementedError
 
 
+@njit(inline="always")
+def prefetch_ahead(w3, e, r, r1):
+    """Ask for the bytes of row r + PREFETCH_ROWS of expert e (if it is still in r..r1-1): see the
+    module doc's Prefetch."""
+    ahead = r + PREFETCH_ROWS
+    if ahead < r1:
+        wa = w3[e, ahead]
+        for k in range(0, w3.shape[2], 64):
+            prefetch(wa, k)
+
+
 def _literal_type(qt) -> GGMLType:
     if not isinstance(qt, types.IntegerLiteral):
         raise errors.RequireLiteralValue(qt)
@@ -153,13 +164,8 @@ def _dot_rows(qt, w3, e, r0, r1, x2, xi, out2, oi):
 
     def impl(qt, w3, e, r0, r1, x2, xi, out2, oi):
         xr = x2[xi]
-        row_bytes = w3.shape[2]
         for r in range(r0, r1):
-            ahead = r + PREFETCH_ROWS
-            if ahead < r1:
-                wa = w3[e, ahead]
-                for k in range(0, row_bytes, 64):
-                    prefetch(wa, k)
+            prefetch_ahead(w3, e, r, r1)
             out2[oi, r] = dot(w3[e, r], xr)
 
     return impl
@@ -180,17 +186,12 @@ def _dot_rows_multi(qt, w3, e, r0, r1, x2, m_x, m0, m1, m_out, out2, buf):
     split = t in TILE_ROWS  # Q4_1/Q5_1: n_in values, then n_in / 32 block offsets times x's block sums
 
     def impl(qt, w3, e, r0, r1, x2, m_x, m0, m1, m_out, out2, buf):
-        row_bytes = w3.shape[2]
         width = buf.shape[0]
         n_val = (width // 33) * 32 if split else width
         bv = buf[:n_val]
         bm = buf[n_val:]
         for r in range(r0, r1):
-            ahead = r + PREFETCH_ROWS
-            if ahead < r1:
-                wa = w3[e, ahead]
-                for k in range(0, row_bytes, 64):
-                    prefetch(wa, k)
+            prefetch_ahead(w3, e, r, r1)
             row(w3[e, r], buf)
             for m in range(m0, m1, 4):  # 4 tokens at a time; the last four repeat the last token
                 xa = x2[m_x[m]]
@@ -228,13 +229,8 @@ def _dequant_range(qt, w3, e, r0, r1, out, o):
     deq = ROW_KERNELS[_literal_type(qt)][1]
 
     def impl(qt, w3, e, r0, r1, out, o):
-        row_bytes = w3.shape[2]
         for r in range(r0, r1):
-            ahead = r + PREFETCH_ROWS
-            if ahead < r1:
-                wa = w3[e, ahead]
-                for k in range(0, row_bytes, 64):
-                    prefetch(wa, k)
+            prefetch_ahead(w3, e, r, r1)
             deq(w3[e, r], out[o + r - r0])
 
     return impl
@@ -246,13 +242,8 @@ def _tile_range(qt, w3, e, r0, r1, out, o):
     row = TILE_ROWS.get(t, ROW_KERNELS[t][1])
 
     def impl(qt, w3, e, r0, r1, out, o):
-        row_bytes = w3.shape[2]
         for r in range(r0, r1):
-            ahead = r + PREFETCH_ROWS
-            if ahead < r1:
-                wa = w3[e, ahead]
-                for k in range(0, row_bytes, 64):
-                    prefetch(wa, k)
+            prefetch_ahead(w3, e, r, r1)
             row(w3[e, r], out[o + r - r0])
 
     return impl
@@ -465,18 +456,13 @@ def _group_work(n_out: int, n_in: int, counts, direct_max: int = DIRECT_MAX) -> 
 PATHS = (None, "rows", "tiles")
 
 
-def _grouping(g_off: np.ndarray, path) -> tuple[np.ndarray, np.ndarray, int]:
-    """(index of each group's expert, group offsets, direct_max) for `path` over groups `g_off`:
-    "rows" dots every group from the blocks, whatever its size (`dot_rows_multi`: each row unpacked
-    once for all of the group's tokens, each token's arithmetic that of a lone token)."""
+def _direct_max(path) -> int:
+    """Groups of up to this many tokens dot from the blocks on `path`: DIRECT_MAX by default, every
+    group on "rows" (`dot_rows_multi`: each row unpacked once for all of the group's tokens, each
+    token's arithmetic that of a lone token), none on "tiles"."""
     if path not in PATHS:
         raise ValueError(f"unknown product path {path!r}; known: rows, tiles")
-    n_groups = len(g_off) - 1
-    if path == "tiles":
-        return np.arange(n_groups), g_off, 0
-    if path == "rows":
-        return np.arange(n_groups), g_off, ROWS_MAX
-    return np.arange(n_groups), g_off, DIRECT_MAX
+    return {None: DIRECT_MAX, "rows": ROWS_MAX, "tiles": 0}[path]
 
 
 def matmul(x, w: QTensor, n_threads: int, path=None) -> np.ndarray:
@@ -508,10 +494,8 @@ def _plain_groups(n_tok: int, path):
     v = _PLAIN_GROUPS.get(key)
     if v is None:
         g_exp, g_off, members = _one_group(n_tok)
-        which, offs, direct_max = _grouping(g_off, path)
-        if path is not None:
-            g_exp, g_off = _index(np.zeros(len(which))), _index(offs)
-        v = (g_exp, g_off, members, direct_max, bool(np.diff(g_off).max() > direct_max))
+        direct_max = _direct_max(path)
+        v = (g_exp, g_off, members, direct_max, n_tok > direct_max)
         if n_tok <= 4096:
             _PLAIN_GROUPS[key] = v
     return v
@@ -551,8 +535,7 @@ def matmul_experts(x, w: QTensor, ids, n_threads: int, path=None) -> np.ndarray:
     g_off = np.zeros(len(experts) + 1, np.int64)
     np.cumsum(counts, out=g_off[1:])
     m_x = order // n_used if shared else order
-    which, g_off, direct_max = _grouping(g_off, path)
-    experts, counts = experts[which], np.diff(g_off)
+    direct_max = _direct_max(path)
     tiled = bool(counts.max() > direct_max)
     nt = _threads_for(_group_work(n_out, n_in, counts, direct_max), n_threads)
     chunk = _chunk_rows(n_out, n_in, len(experts), tiled, nt)
