@@ -32,8 +32,9 @@ with "rows", prompt rows with "tiles", so each row is computed exactly as it is 
 size or company; attention runs per sequence, and on the CPU in llama.cpp mode computes each query row
 alone. On such backends (`batch_invariant`: the CPU in its default llama.cpp mode) a request's tokens
 are the same alone or beside others. `exact=False` (serve --batching fast) trades that for throughput:
-each step's products then run as one product over all its rows (batched_slots). The device backends do not promise it yet (their matrix-vector
-and tiled kernels round differently), nor does the NumPy reference (BLAS), and /props says so.
+each step's products then run as one product over all its rows (batched_slots). The device backends
+do not promise it yet (their matrix-vector and tiled kernels round differently), nor does the NumPy
+reference (BLAS), and /props says so.
 """
 
 from __future__ import annotations
