@@ -23,7 +23,6 @@ from quant import QTensor  # noqa: E402
 from kernels.base import check_activations  # noqa: E402
 
 from . import products, warm  # noqa: E402
-from .activations import for_weight  # noqa: E402
 from .ops import NumbaOps  # noqa: E402
 
 
@@ -38,9 +37,6 @@ class NumbaBackend(NumbaOps):
         self.activations = check_activations(activations)
         self._qtypes: set = set()  # the weight types uploaded (warm.products_for)
         warm.start()  # with an empty kernel cache: a helper compiles the op kernels meanwhile
-
-    def _x_for(self, x, w: QTensor):
-        return for_weight(x, w.qtype, self.activations)
 
     @property
     def batch_invariant(self) -> bool:
@@ -67,11 +63,11 @@ class NumbaBackend(NumbaOps):
     # --- products with quantized weights
 
     def matmul(self, x, w: QTensor, bias=None, path=None) -> np.ndarray:
-        y = products.matmul(self._x_for(x, w), w, self.n_threads, path)
+        y = products.matmul(x, w, self.n_threads, path, self.activations)
         return y if bias is None else y + bias
 
     def matmul_experts(self, x, w: QTensor, ids, bias=None, path=None) -> np.ndarray:
-        y = products.matmul_experts(self._x_for(x, w), w, ids, self.n_threads, path)
+        y = products.matmul_experts(x, w, ids, self.n_threads, path, self.activations)
         return y if bias is None else y + np.asarray(bias, np.float32)[np.asarray(ids)]
 
     def get_rows(self, w: QTensor, ids) -> np.ndarray:

@@ -111,6 +111,43 @@ def _round_q8_k(x2, out):
                 out[r, j] = d * np.float32(min(np.rint(iscale * x2[r, j]), 127.0))
 
 
+@numba.njit(**_JIT)
+def _pack_q8_32(x2, codes, scales):
+    """_round_q8_1's rounding, kept as integers: codes[r, j] the int8 q, scales[r, b] the f16-rounded d
+    and scales[r, nb + b] the Q8_1 block sum f16(d32 * sum(q))."""
+    n_rows, n = x2.shape
+    nb = n // 32
+    for r in range(n_rows):
+        for b in range(nb):
+            amax = np.float32(0.0)
+            for j in range(32 * b, 32 * b + 32):
+                a = abs(x2[r, j])
+                if a > amax:
+                    amax = a
+            d32 = np.float32(amax / np.float32(127.0))
+            inv = np.float32(127.0) / amax if amax != 0 else np.float32(0.0)
+            q_sum = np.float32(0.0)
+            for j in range(32 * b, 32 * b + 32):
+                q = np.float32(np.rint(x2[r, j] * inv))
+                codes[r, j] = np.int8(q)
+                q_sum += q
+            scales[r, b] = to_f16(d32)
+            scales[r, nb + b] = to_f16(np.float32(d32 * q_sum))
+
+
+def pack_q8_32(x: np.ndarray) -> np.ndarray:
+    """x (n_rows, n) -> uint8 (n_rows, n + n / 4): each row rounded to int8 blocks of 32 exactly as
+    `with_block_sums(x, rounded=True)` rounds it, kept as integers for the integer kernels
+    (rows_int.py): n codes, then n / 32 float32 scales, then n / 32 float32 Q8_1 block sums."""
+    x2 = np.ascontiguousarray(x, np.float32)
+    n_rows, n = x2.shape
+    if n % 32:
+        raise ValueError(f"activation rows of {n} values do not split into blocks of 32")
+    out = np.empty((n_rows, n + n // 4), np.uint8)
+    _pack_q8_32(x2, out[:, :n].view(np.int8), out[:, n:].view(np.float32))
+    return out
+
+
 def round_like_llama_cpp(x: np.ndarray, weight_type) -> np.ndarray:
     """Same contract as `quant.activations.round_like_llama_cpp`; returns a new float32 array."""
     kind = vec_dot_type(weight_type)

@@ -58,8 +58,8 @@ from numba.extending import overload  # noqa: E402
 from quant import GGMLType, QTensor  # noqa: E402
 
 from ..base import KernelError  # noqa: E402
-from . import pool, rows_float, rows_k, rows_legacy  # noqa: E402
-from .activations import with_block_sums  # noqa: E402
+from . import pool, rows_float, rows_int, rows_k, rows_legacy  # noqa: E402
+from .activations import for_weight, pack_q8_32  # noqa: E402
 from .rows_common import FM_DOT, prefetch, slp_compile_scope  # noqa: E402
 from .rows_float import tile_dot44  # noqa: E402
 
@@ -82,6 +82,18 @@ ROW_KERNELS: dict[GGMLType, tuple] = {
     GGMLType.MXFP4: (rows_legacy.dot_mxfp4, rows_legacy.dequant_row_mxfp4),
 }
 
+# Integer dot kernels (rows_int.py) against int8-rounded activations, used for the groups that dot
+# straight from the blocks when activations are rounded as llama.cpp rounds them.
+INT_KERNELS: dict[GGMLType, object] = {
+    GGMLType.Q4_0: rows_int.dot_q4_0,
+    GGMLType.Q4_1: rows_int.dot_q4_1,
+    GGMLType.Q5_0: rows_int.dot_q5_0,
+    GGMLType.Q5_1: rows_int.dot_q5_1,
+    GGMLType.Q8_0: rows_int.dot_q8_0,
+    GGMLType.IQ4_NL: rows_int.dot_iq4_nl,
+    GGMLType.MXFP4: rows_int.dot_mxfp4,
+}
+
 # How the batched path lays out a weight row against x's row, where that is not the dequantized row:
 # Q4_1/Q5_1 rows are (d * q, then the block offsets m) against x's (values, then block sums).
 TILE_ROWS = {GGMLType.Q4_1: rows_legacy.tile_row_q4_1, GGMLType.Q5_1: rows_legacy.tile_row_q5_1}
@@ -99,7 +111,7 @@ PARALLEL_MIN_WORK = 1 << 15     # below this many multiply-adds (weights x token
 def _kernel_hash() -> str:
     h = hashlib.sha1()
     here = Path(__file__).resolve().parent
-    for name in ("rows_common.py", "rows_legacy.py", "rows_k.py", "rows_float.py"):
+    for name in ("rows_common.py", "rows_legacy.py", "rows_k.py", "rows_float.py", "rows_int.py"):
         h.update((here / name).read_bytes())
     return h.hexdigest()[:16]
 
@@ -158,9 +170,20 @@ _JIT_DOT_ROWS = dict(fastmath=FM_DOT, error_model="numpy", boundscheck=False)
 _JIT_DEQ_ROWS = dict(error_model="numpy", boundscheck=False)
 
 
+def _is_packed(x2) -> bool:
+    """Whether x2 holds packed int8 activations (activations.pack_q8_32, uint8) rather than floats."""
+    return isinstance(x2.dtype, types.Integer)
+
+
 @overload(dot_rows, jit_options=_JIT_DOT_ROWS)
 def _dot_rows(qt, w3, e, r0, r1, x2, xi, out2, oi):
-    dot = ROW_KERNELS[_literal_type(qt)][0]
+    t = _literal_type(qt)
+    if _is_packed(x2):
+        dot = INT_KERNELS.get(t)
+        if dot is None:  # compiled into every driver, called only for the types in INT_KERNELS
+            return lambda qt, w3, e, r0, r1, x2, xi, out2, oi: None
+    else:
+        dot = ROW_KERNELS[t][0]
 
     def impl(qt, w3, e, r0, r1, x2, xi, out2, oi):
         xr = x2[xi]
@@ -179,8 +202,24 @@ def _dot_rows_multi(qt, w3, e, r0, r1, x2, m_x, m0, m1, m_out, out2, buf):
     runs over it lane by lane in the dot kernels' order (element i into lane i % 32, blocks in order,
     `hsum32`; Q4_1/Q5_1's offsets times x's block sums after). So a token's result is bit for bit
     what `dot_rows` gives it alone (tests/test_batch_invariance.py), at one unpacking per row for the
-    whole group instead of one per token: batched decode is no longer compute-bound on unpacking."""
+    whole group instead of one per token: batched decode is no longer compute-bound on unpacking.
+
+    With packed int8 activations (rows_int) each token takes the integer dot of each row in turn (the
+    unpacking is a few integer ops; the row stays in L1 for the group's other tokens)."""
     t = _literal_type(qt)
+    if _is_packed(x2):
+        dot = INT_KERNELS.get(t)
+        if dot is None:
+            return lambda qt, w3, e, r0, r1, x2, m_x, m0, m1, m_out, out2, buf: None
+
+        def impl_int(qt, w3, e, r0, r1, x2, m_x, m0, m1, m_out, out2, buf):
+            for r in range(r0, r1):
+                prefetch_ahead(w3, e, r, r1)
+                wr = w3[e, r]
+                for m in range(m0, m1):
+                    out2[m_out[m], r] = dot(wr, x2[m_x[m]])
+
+        return impl_int
     row = TILE_ROWS.get(t, ROW_KERNELS[t][1])
     fdot4 = rows_float.fdot4
     split = t in TILE_ROWS  # Q4_1/Q5_1: n_in values, then n_in / 32 block offsets times x's block sums
@@ -254,8 +293,12 @@ def _tile_range(qt, w3, e, r0, r1, out, o):
 
 def _make_drivers(qt: int, khash: str):
     @njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
-    def groups(w3, x2, g_exp, g_off, m_x, m_out, out2, chunk, direct_max):
+    def groups(w3, xq, x2, g_exp, g_off, m_x, m_out, out2, chunk, direct_max):
         """out2[m_out[m], r] = w3[g_exp[g], r] . x2[m_x[m]] for every member m of every group g.
+
+        xq: the same activations packed as int8 blocks (pack_q8_32) when the type has integer kernels
+        and they are rounded as llama.cpp rounds them, else no rows; groups dotting from the blocks
+        then take the integer kernels. x2 (floats) serves the others; it has no rows when unused.
 
         Work items are (group, chunk of rows). Groups of up to `direct_max` tokens take the row
         kernel's dot straight from the blocks (one token: `dot_rows`; several: `dot_rows_multi`, each
@@ -264,6 +307,7 @@ def _make_drivers(qt: int, khash: str):
         khash  # noqa: B018  (part of the cache key: see the module doc)
         n_out = w3.shape[1]
         n_in = x2.shape[1]
+        use_q = xq.shape[0] > 0
         n_chunks = (n_out + chunk - 1) // chunk
         for item in prange(g_exp.shape[0] * n_chunks):
             g = item // n_chunks
@@ -272,7 +316,12 @@ def _make_drivers(qt: int, khash: str):
             e = g_exp[g]
             m0 = g_off[g]
             m1 = g_off[g + 1]
-            if m1 - m0 <= direct_max:
+            if m1 - m0 <= direct_max and use_q:
+                if m1 - m0 == 1:
+                    dot_rows(qt, w3, e, r0, r1, xq, m_x[m0], out2, m_out[m0])
+                else:
+                    dot_rows_multi(qt, w3, e, r0, r1, xq, m_x, m0, m1, m_out, out2, out2[0, :0])
+            elif m1 - m0 <= direct_max:
                 if m1 - m0 == 1:
                     dot_rows(qt, w3, e, r0, r1, x2, m_x[m0], out2, m_out[m0])
                 else:
@@ -389,18 +438,35 @@ def _prepared(w: QTensor, n_dims: int) -> tuple["_TypeDrivers", np.ndarray]:
     return p
 
 
-def _as_x(x, w: QTensor) -> np.ndarray:
-    """x as the kernels of w's type take it: float32, contiguous, read-only; for Q4_1/Q5_1 rows with
-    block sums appended (activations.for_weight) -- exact ones if x comes without."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    n_in = w.shape[-1]
-    if w.qtype in TILE_ROWS and x.ndim and x.shape[-1] == n_in:
-        x = with_block_sums(x, rounded=False)
-    return _readonly(x)
+_NO_ROWS: dict = {}
+
+
+def _no_rows(width: int, dtype) -> np.ndarray:
+    """A read-only (0, width) array: the driver argument for activations a call does not use."""
+    key = (width, np.dtype(dtype).str)
+    a = _NO_ROWS.get(key)
+    if a is None:
+        a = _NO_ROWS.setdefault(key, _readonly(np.empty((0, width), dtype)))
+    return a
+
+
+def _inputs(x2: np.ndarray, w: QTensor, activations: str, direct: bool, tiled: bool):
+    """(xq, xf) for the driver from float32 rows x2 (n, n_in): packed int8 blocks for the groups that
+    dot from the blocks when the type has integer kernels and activations are rounded as llama.cpp
+    rounds them; float rows (activations.for_weight: rounded or not, Q4_1/Q5_1 with block sums) for
+    the rest. What no group uses is an array of no rows."""
+    n_in = x2.shape[1]
+    packed = activations == "llama.cpp" and w.qtype in INT_KERNELS
+    xq = _readonly(pack_q8_32(x2)) if packed and direct else _no_rows(n_in + n_in // 4, np.uint8)
+    if tiled or not packed:
+        xf = _readonly(np.ascontiguousarray(for_weight(x2, w.qtype, activations), np.float32))
+    else:
+        xf = _no_rows(_x_width(w), np.float32)
+    return xq, xf
 
 
 def _x_width(w: QTensor) -> int:
-    """Values per row of x the kernels take for w: n_in, plus n_in / 32 block sums for Q4_1/Q5_1."""
+    """Values per row of float x the kernels take for w: n_in, plus n_in / 32 block sums for Q4_1/Q5_1."""
     n_in = w.shape[-1]
     return n_in + n_in // 32 if w.qtype in TILE_ROWS else n_in
 
@@ -465,22 +531,24 @@ def _direct_max(path) -> int:
     return {None: DIRECT_MAX, "rows": ROWS_MAX, "tiles": 0}[path]
 
 
-def matmul(x, w: QTensor, n_threads: int, path=None) -> np.ndarray:
+def matmul(x, w: QTensor, n_threads: int, path=None, activations: str = "f32") -> np.ndarray:
     """y = x @ W.T for W (n_out, n_in): x (n_tok, n_in) -> (n_tok, n_out), x (n_in,) -> (n_out,).
-    `path`: how the tokens are grouped (PATHS)."""
+    `path`: how the tokens are grouped (PATHS); `activations`: "llama.cpp" rounds x as llama.cpp does
+    (int8 blocks and integer dot products where the type has them), "f32" keeps it exact."""
     d, w3 = _prepared(w, 2)
     n_out, n_in = w.shape
-    x = _as_x(x, w)
-    if x.ndim not in (1, 2) or x.shape[-1] != _x_width(w):
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim not in (1, 2) or x.shape[-1] != n_in:
         raise ValueError(f"matmul: x has shape {x.shape}, weight {w.name or ''} expects (..., {n_in})")
-    x2 = x.reshape(-1, x.shape[-1])
+    x2 = x.reshape(-1, n_in)
     n_tok = x2.shape[0]
     out = np.empty((n_tok, n_out), np.float32)
     if n_tok and n_out:
         g_exp, g_off, members, direct_max, tiled = _plain_groups(n_tok, path)
+        xq, xf = _inputs(x2, w, activations, not tiled, tiled)
         nt = _threads_for(n_out * n_in * (n_tok + 4 * (len(g_off) - 1) * tiled), n_threads)
         chunk = _chunk_rows(n_out, n_in, len(g_off) - 1, tiled, nt)
-        d.groups(w3, x2, g_exp, g_off, members, members, out, chunk, direct_max)
+        d.groups(w3, xq, xf, g_exp, g_off, members, members, out, chunk, direct_max)
     return out.reshape(n_out) if x.ndim == 1 else out
 
 
@@ -501,7 +569,7 @@ def _plain_groups(n_tok: int, path):
     return v
 
 
-def matmul_experts(x, w: QTensor, ids, n_threads: int, path=None) -> np.ndarray:
+def matmul_experts(x, w: QTensor, ids, n_threads: int, path=None, activations: str = "f32") -> np.ndarray:
     """x (n_tok, n_in) shared by the chosen experts or (n_tok, n_used, n_in); W (n_expert, n_out, n_in);
     ids (n_tok, n_used) -> (n_tok, n_used, n_out). Only the chosen experts' rows are read: the
     (token, slot) pairs are grouped by expert and every group is one set of work items of a single
@@ -512,12 +580,11 @@ def matmul_experts(x, w: QTensor, ids, n_threads: int, path=None) -> np.ndarray:
     if ids.ndim != 2 or ids.dtype.kind not in "iu":
         raise ValueError(f"matmul_experts: ids must be integers (n_tok, n_used), got {ids.dtype} {ids.shape}")
     n_tok, n_used = ids.shape
-    x = _as_x(x, w)
-    n_x = _x_width(w)
-    if x.shape == (n_tok, n_x):
+    x = np.asarray(x, dtype=np.float32)
+    if x.shape == (n_tok, n_in):
         x2, shared = x, True
-    elif x.shape == (n_tok, n_used, n_x):
-        x2, shared = x.reshape(n_tok * n_used, n_x), False
+    elif x.shape == (n_tok, n_used, n_in):
+        x2, shared = x.reshape(n_tok * n_used, n_in), False
     else:
         raise ValueError(f"matmul_experts: x has shape {x.shape}; "
                          f"expected ({n_tok}, {n_in}) or ({n_tok}, {n_used}, {n_in})")
@@ -537,9 +604,10 @@ def matmul_experts(x, w: QTensor, ids, n_threads: int, path=None) -> np.ndarray:
     m_x = order // n_used if shared else order
     direct_max = _direct_max(path)
     tiled = bool(counts.max() > direct_max)
+    xq, xf = _inputs(x2, w, activations, bool(counts.min() <= direct_max), tiled)
     nt = _threads_for(_group_work(n_out, n_in, counts, direct_max), n_threads)
     chunk = _chunk_rows(n_out, n_in, len(experts), tiled, nt)
-    args = (data, x2, _index(experts), _index(g_off), _index(m_x), _index(order), out.reshape(n_pairs, n_out), chunk,
+    args = (data, xq, xf, _index(experts), _index(g_off), _index(m_x), _index(order), out.reshape(n_pairs, n_out), chunk,
             direct_max)
     if len(experts) > 1 and counts.min() != counts.max():
         with numba.parallel_chunksize(1):
