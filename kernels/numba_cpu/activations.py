@@ -148,6 +148,52 @@ def pack_q8_32(x: np.ndarray) -> np.ndarray:
     return out
 
 
+@numba.njit(**_JIT)
+def _pack_q8_k(x2, codes, scales, bsums):
+    """_round_q8_k's rounding kept as integers: codes, d per 256 and the sums of 16 codes."""
+    n_rows, n = x2.shape
+    for r in range(n_rows):
+        for b in range(n // QK_K):
+            o = QK_K * b
+            amax = np.float32(0.0)
+            smax = np.float32(0.0)
+            for j in range(o, o + QK_K):
+                a = abs(x2[r, j])
+                if a > amax:
+                    amax = a
+                    smax = x2[r, j]
+            if amax == 0:
+                scales[r, b] = 0.0
+                for j in range(o, o + QK_K):
+                    codes[r, j] = 0
+                for g in range(16):
+                    bsums[r, 16 * b + g] = 0.0
+                continue
+            iscale = np.float32(-127.0) / smax
+            scales[r, b] = np.float32(1.0) / iscale
+            for g in range(16):
+                s = 0
+                for j in range(o + 16 * g, o + 16 * g + 16):
+                    q = np.int32(min(np.rint(iscale * x2[r, j]), 127.0))
+                    codes[r, j] = np.int8(q)
+                    s += q
+                bsums[r, 16 * b + g] = np.float32(s)
+
+
+def pack_q8_k(x: np.ndarray) -> np.ndarray:
+    """x (n_rows, n) -> uint8 (n_rows, n + n / 64 + n / 4): rows rounded to Q8_K exactly as
+    `round_like_llama_cpp` rounds them for the K-quants, kept as integers (rows_int.py): n codes, n / 256
+    float32 scales d, n / 16 float32 sums of 16 codes (llama.cpp's bsums)."""
+    x2 = np.ascontiguousarray(x, np.float32)
+    n_rows, n = x2.shape
+    if n % QK_K:
+        raise ValueError(f"activation rows of {n} values do not split into blocks of {QK_K}")
+    out = np.empty((n_rows, n + n // 64 + n // 4), np.uint8)
+    nbk = n // QK_K
+    _pack_q8_k(x2, out[:, :n].view(np.int8), out[:, n:n + 4 * nbk].view(np.float32), out[:, n + 4 * nbk:].view(np.float32))
+    return out
+
+
 def round_like_llama_cpp(x: np.ndarray, weight_type) -> np.ndarray:
     """Same contract as `quant.activations.round_like_llama_cpp`; returns a new float32 array."""
     kind = vec_dot_type(weight_type)

@@ -59,7 +59,7 @@ from quant import GGMLType, QTensor  # noqa: E402
 
 from ..base import KernelError  # noqa: E402
 from . import pool, rows_float, rows_int, rows_k, rows_legacy  # noqa: E402
-from .activations import for_weight, pack_q8_32  # noqa: E402
+from .activations import for_weight, pack_q8_32, pack_q8_k  # noqa: E402
 from .rows_common import FM_DOT, prefetch, slp_compile_scope  # noqa: E402
 from .rows_float import tile_dot44  # noqa: E402
 
@@ -83,15 +83,22 @@ ROW_KERNELS: dict[GGMLType, tuple] = {
 }
 
 # Integer dot kernels (rows_int.py) against int8-rounded activations, used for the groups that dot
-# straight from the blocks when activations are rounded as llama.cpp rounds them.
-INT_KERNELS: dict[GGMLType, object] = {
-    GGMLType.Q4_0: rows_int.dot_q4_0,
-    GGMLType.Q4_1: rows_int.dot_q4_1,
-    GGMLType.Q5_0: rows_int.dot_q5_0,
-    GGMLType.Q5_1: rows_int.dot_q5_1,
-    GGMLType.Q8_0: rows_int.dot_q8_0,
-    GGMLType.IQ4_NL: rows_int.dot_iq4_nl,
-    GGMLType.MXFP4: rows_int.dot_mxfp4,
+# straight from the blocks when activations are rounded as llama.cpp rounds them: (dot, how x is
+# packed for it: Q8_0/Q8_1 blocks of 32 or Q8_K super-blocks, as llama.cpp's vec_dot_type).
+INT_KERNELS: dict[GGMLType, tuple] = {
+    GGMLType.Q4_0: (rows_int.dot_q4_0, pack_q8_32),
+    GGMLType.Q4_1: (rows_int.dot_q4_1, pack_q8_32),
+    GGMLType.Q5_0: (rows_int.dot_q5_0, pack_q8_32),
+    GGMLType.Q5_1: (rows_int.dot_q5_1, pack_q8_32),
+    GGMLType.Q8_0: (rows_int.dot_q8_0, pack_q8_32),
+    GGMLType.IQ4_NL: (rows_int.dot_iq4_nl, pack_q8_32),
+    GGMLType.MXFP4: (rows_int.dot_mxfp4, pack_q8_32),
+    GGMLType.Q2_K: (rows_int.dot_q2_k, pack_q8_k),
+    GGMLType.Q3_K: (rows_int.dot_q3_k, pack_q8_k),
+    GGMLType.Q4_K: (rows_int.dot_q4_k, pack_q8_k),
+    GGMLType.Q5_K: (rows_int.dot_q5_k, pack_q8_k),
+    GGMLType.Q6_K: (rows_int.dot_q6_k, pack_q8_k),
+    GGMLType.IQ4_XS: (rows_int.dot_iq4_xs, pack_q8_k),
 }
 
 # How the batched path lays out a weight row against x's row, where that is not the dequantized row:
@@ -179,9 +186,9 @@ def _is_packed(x2) -> bool:
 def _dot_rows(qt, w3, e, r0, r1, x2, xi, out2, oi):
     t = _literal_type(qt)
     if _is_packed(x2):
-        dot = INT_KERNELS.get(t)
-        if dot is None:  # compiled into every driver, called only for the types in INT_KERNELS
+        if t not in INT_KERNELS:  # compiled into every driver, called only for the types in INT_KERNELS
             return lambda qt, w3, e, r0, r1, x2, xi, out2, oi: None
+        dot = INT_KERNELS[t][0]
     else:
         dot = ROW_KERNELS[t][0]
 
@@ -208,9 +215,9 @@ def _dot_rows_multi(qt, w3, e, r0, r1, x2, m_x, m0, m1, m_out, out2, buf):
     unpacking is a few integer ops; the row stays in L1 for the group's other tokens)."""
     t = _literal_type(qt)
     if _is_packed(x2):
-        dot = INT_KERNELS.get(t)
-        if dot is None:
+        if t not in INT_KERNELS:
             return lambda qt, w3, e, r0, r1, x2, m_x, m0, m1, m_out, out2, buf: None
+        dot = INT_KERNELS[t][0]
 
         def impl_int(qt, w3, e, r0, r1, x2, m_x, m0, m1, m_out, out2, buf):
             for r in range(r0, r1):
@@ -457,7 +464,10 @@ def _inputs(x2: np.ndarray, w: QTensor, activations: str, direct: bool, tiled: b
     the rest. What no group uses is an array of no rows."""
     n_in = x2.shape[1]
     packed = activations == "llama.cpp" and w.qtype in INT_KERNELS
-    xq = _readonly(pack_q8_32(x2)) if packed and direct else _no_rows(n_in + n_in // 4, np.uint8)
+    if packed and direct:
+        xq = _readonly(INT_KERNELS[w.qtype][1](x2))
+    else:
+        xq = _no_rows(n_in + n_in // 4, np.uint8)  # any width: no rows are read
     if tiled or not packed:
         xf = _readonly(np.ascontiguousarray(for_weight(x2, w.qtype, activations), np.float32))
     else:

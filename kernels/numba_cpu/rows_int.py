@@ -98,6 +98,44 @@ def _dpbusd(builder, u, s):
     return builder.add(builder.add(lanes[0], lanes[1]), builder.add(lanes[2], lanes[3]))
 
 
+def _unpack16(builder, context, kind, w_a, woff, aux_args, t_a):
+    """u (32 unsigned bytes) of a 32-element block stored in 16 bytes at w[woff]: the low nibbles are
+    elements 0-15, the high nibbles 16-31 (NIB, NIB5 and LUT; BYTE reads 32 int8 codes)."""
+    if kind == BYTE:
+        return builder.xor(_load(builder, w_a, woff, _V32), ir.Constant(_V32, [0x80] * 32))
+    q = _load(builder, w_a, woff, _V16)
+    lo = builder.and_(q, ir.Constant(_V16, [15] * 16))
+    hi = builder.lshr(q, ir.Constant(_V16, [4] * 16))
+    if kind == LUT:
+        table = _load(builder, t_a, ir.Constant(ir.IntType(64), 0), _V16)
+        lo, hi = _table16(builder, table, lo), _table16(builder, table, hi)
+    u = _concat16(builder, lo, hi)
+    if kind == NIB5:
+        qh = _load(builder, w_a, aux_args, _I32)
+        bits = builder.bitcast(qh, ir.VectorType(ir.IntType(1), 32))
+        u = builder.or_(u, builder.select(bits, ir.Constant(_V32, [16] * 32), ir.Constant(_V32, [0] * 32)))
+    return u
+
+
+def _splat8(builder, value, vty):
+    v = builder.insert_element(ir.Constant(vty, ir.Undefined), value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, v, ir.Constant(_I32X8, [0] * 8))
+
+
+def _biased_dot(builder, u, xv, bias):
+    dp = _dpbusd(builder, u, xv)
+    if bias:
+        dp = builder.sub(dp, _dpbusd(builder, ir.Constant(_V32, [bias] * 32), xv))
+    return dp
+
+
+def _literals(*args):
+    for a in args:
+        if not isinstance(a, types.IntegerLiteral):
+            raise errors.RequireLiteralValue(a)
+    return [a.literal_value for a in args]
+
+
 @intrinsic
 def acc_block32(typingctx, kind, bias, acc, w, woff, aux, tbl, x, xoff, scale):
     """acc[0:8] += scale * (8 lanes of sum(u * xq) - bias * sum(xq)) for one block of 32 elements.
@@ -107,10 +145,7 @@ def acc_block32(typingctx, kind, bias, acc, w, woff, aux, tbl, x, xoff, scale):
     j; BYTE -- the 32 int8 codes at w[woff] plus 128; LUT -- tbl[nibble] (16 unsigned bytes).
     bias (literal): what the codes carry above the values (8, 16, 128 or 0).
     x: uint8 array whose bytes x[xoff:xoff+32] are the block's int8 codes; acc: 8 float32 (stack)."""
-    for a in (kind, bias):
-        if not isinstance(a, types.IntegerLiteral):
-            raise errors.RequireLiteralValue(a)
-    k, b_ = kind.literal_value, bias.literal_value
+    k, b_ = _literals(kind, bias)
 
     def codegen(context, builder, sig, args):
         acc_a = context.make_array(sig.args[2])(context, builder, args[2])
@@ -118,34 +153,110 @@ def acc_block32(typingctx, kind, bias, acc, w, woff, aux, tbl, x, xoff, scale):
         t_a = context.make_array(sig.args[6])(context, builder, args[6])
         x_a = context.make_array(sig.args[7])(context, builder, args[7])
         woff = context.cast(builder, args[4], sig.args[4], types.intp)
+        aux = context.cast(builder, args[5], sig.args[5], types.intp)
         xoff = context.cast(builder, args[8], sig.args[8], types.intp)
-        if k == BYTE:
-            u = builder.xor(_load(builder, w_a, woff, _V32), ir.Constant(_V32, [0x80] * 32))
-        else:
-            q = _load(builder, w_a, woff, _V16)
-            lo = builder.and_(q, ir.Constant(_V16, [15] * 16))
-            hi = builder.lshr(q, ir.Constant(_V16, [4] * 16))
-            if k == LUT:
-                table = _load(builder, t_a, ir.Constant(ir.IntType(64), 0), _V16)
-                lo, hi = _table16(builder, table, lo), _table16(builder, table, hi)
-            u = _concat16(builder, lo, hi)
-            if k == NIB5:
-                aux = context.cast(builder, args[5], sig.args[5], types.intp)
-                qh = _load(builder, w_a, aux, _I32)
-                bits = builder.bitcast(qh, ir.VectorType(ir.IntType(1), 32))
-                u = builder.or_(u, builder.select(bits, ir.Constant(_V32, [16] * 32), ir.Constant(_V32, [0] * 32)))
-        xv = _load(builder, x_a, xoff, _V32)
-        dp = _dpbusd(builder, u, xv)
-        if b_:
-            dp = builder.sub(dp, _dpbusd(builder, ir.Constant(_V32, [b_] * 32), xv))
-        sv = builder.insert_element(ir.Constant(_F32X8, ir.Undefined), args[9], ir.Constant(_I32, 0))
-        sv = builder.shuffle_vector(sv, sv, ir.Constant(_I32X8, [0] * 8))
+        u = _unpack16(builder, context, k, w_a, woff, aux, t_a)
+        dp = _biased_dot(builder, u, _load(builder, x_a, xoff, _V32), b_)
+        sv = _splat8(builder, args[9], _F32X8)
         ap = builder.bitcast(acc_a.data, _F32X8.as_pointer())
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_F32X8, [_F32X8] * 3), "llvm.fma.v8f32")
         builder.store(builder.call(fma, [sv, builder.sitofp(dp, _F32X8), builder.load(ap, align=4)]), ap, align=4)
         return context.get_dummy_value()
 
     return types.none(kind, bias, acc, w, woff, aux, tbl, x, xoff, scale), codegen
+
+
+@intrinsic
+def iacc_bits32(typingctx, bias, mask, hmask, hpos, iacc, w, woff, shift, hoff, hshift, x, xoff, sc0, sc1):
+    """iacc[0:8] += (sc0 on lanes 0-3, sc1 on lanes 4-7) * (lanes of sum(u * xq) - bias * sum(xq)),
+    the integer sums of a K-quant sub-block of 32 elements whose codes are bit fields of 32 bytes:
+    u[j] = ((w[woff + j] >> shift) & mask) | (((w[hoff + j] >> hshift) & hmask) << hpos)
+    (hmask 0: no high bits). Lanes 0-3 are elements 0-15, lanes 4-7 elements 16-31, so two
+    16-element groups with their own scales share a call. bias, mask, hmask, hpos are literals."""
+    b_, m_, hm, hp = _literals(bias, mask, hmask, hpos)
+
+    def codegen(context, builder, sig, args):
+        ia = context.make_array(sig.args[4])(context, builder, args[4])
+        w_a = context.make_array(sig.args[5])(context, builder, args[5])
+        x_a = context.make_array(sig.args[10])(context, builder, args[10])
+        woff = context.cast(builder, args[6], sig.args[6], types.intp)
+        xoff = context.cast(builder, args[11], sig.args[11], types.intp)
+
+        def field(off_arg, off_ty, sh_arg, sh_ty, mask_):
+            off = context.cast(builder, off_arg, off_ty, types.intp)
+            sh = builder.trunc(context.cast(builder, sh_arg, sh_ty, types.intp), _I8)
+            v = builder.lshr(_load(builder, w_a, off, _V32), _splat32(builder, sh))
+            return builder.and_(v, ir.Constant(_V32, [mask_] * 32))
+
+        u = field(args[6], sig.args[6], args[7], sig.args[7], m_)
+        if hm:
+            h = field(args[8], sig.args[8], args[9], sig.args[9], hm)
+            u = builder.or_(u, builder.shl(h, ir.Constant(_V32, [hp] * 32)))
+        del woff
+        dp = _biased_dot(builder, u, _load(builder, x_a, xoff, _V32), b_)
+        s0 = context.cast(builder, args[12], sig.args[12], types.int32)
+        s1 = context.cast(builder, args[13], sig.args[13], types.int32)
+        sv = builder.insert_element(ir.Constant(_I32X8, ir.Undefined), s0, ir.Constant(_I32, 0))
+        sv = builder.insert_element(sv, s1, ir.Constant(_I32, 1))
+        sv = builder.shuffle_vector(sv, sv, ir.Constant(_I32X8, [0, 0, 0, 0, 1, 1, 1, 1]))
+        ap = builder.bitcast(ia.data, _I32X8.as_pointer())
+        builder.store(builder.add(builder.load(ap, align=4), builder.mul(dp, sv)), ap, align=4)
+        return context.get_dummy_value()
+
+    return types.none(bias, mask, hmask, hpos, iacc, w, woff, shift, hoff, hshift, x, xoff, sc0, sc1), codegen
+
+
+@intrinsic
+def iacc_lut16(typingctx, iacc, w, woff, tbl, x, xoff, sc):
+    """iacc[0:8] += sc * (lanes of sum(tbl[nibble] * xq) - 128 * sum(xq)): a codebook sub-block of 32
+    (IQ4_XS) stored as IQ4_NL's 16 bytes at w[woff], tbl the codebook plus 128."""
+    def codegen(context, builder, sig, args):
+        ia = context.make_array(sig.args[0])(context, builder, args[0])
+        w_a = context.make_array(sig.args[1])(context, builder, args[1])
+        t_a = context.make_array(sig.args[3])(context, builder, args[3])
+        x_a = context.make_array(sig.args[4])(context, builder, args[4])
+        woff = context.cast(builder, args[2], sig.args[2], types.intp)
+        xoff = context.cast(builder, args[5], sig.args[5], types.intp)
+        u = _unpack16(builder, context, LUT, w_a, woff, None, t_a)
+        dp = _biased_dot(builder, u, _load(builder, x_a, xoff, _V32), 128)
+        sv = _splat8(builder, context.cast(builder, args[6], sig.args[6], types.int32), _I32X8)
+        ap = builder.bitcast(ia.data, _I32X8.as_pointer())
+        builder.store(builder.add(builder.load(ap, align=4), builder.mul(dp, sv)), ap, align=4)
+        return context.get_dummy_value()
+
+    return types.none(iacc, w, woff, tbl, x, xoff, sc), codegen
+
+
+@intrinsic
+def flush8(typingctx, acc, iacc, scale):
+    """acc[0:8] += scale * float(iacc[0:8]); iacc[0:8] = 0 (a super-block's integer sums, scaled once)."""
+    def codegen(context, builder, sig, args):
+        fa = builder.bitcast(context.make_array(sig.args[0])(context, builder, args[0]).data, _F32X8.as_pointer())
+        ia = builder.bitcast(context.make_array(sig.args[1])(context, builder, args[1]).data, _I32X8.as_pointer())
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_F32X8, [_F32X8] * 3), "llvm.fma.v8f32")
+        lanes = builder.sitofp(builder.load(ia, align=4), _F32X8)
+        builder.store(builder.call(fma, [_splat8(builder, args[2], _F32X8), lanes, builder.load(fa, align=4)]), fa,
+                      align=4)
+        builder.store(ir.Constant(_I32X8, [0] * 8), ia, align=4)
+        return context.get_dummy_value()
+
+    return types.none(acc, iacc, scale), codegen
+
+
+@intrinsic
+def stack_i32(typingctx, n):
+    """`n` int32 on the stack, as rows_common.stack_f32."""
+    (size,) = _literals(n)
+
+    def codegen(context, builder, sig, args):
+        return cgutils.alloca_once(builder, _I32, size=size)
+
+    return types.CPointer(types.int32)(n), codegen
+
+
+def _splat32(builder, v8):
+    v = builder.insert_element(ir.Constant(_V32, ir.Undefined), v8, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, 32), [0] * 32))
 
 
 @njit(inline="always")
@@ -159,6 +270,12 @@ def f32_at(x, o):
 def zero8(acc):
     for j in range(8):
         acc[j] = np.float32(0.0)
+
+
+@njit(inline="always")
+def izero8(acc):
+    for j in range(8):
+        acc[j] = np.int32(0)
 
 
 @njit(inline="always")
@@ -200,3 +317,151 @@ dot_q5_1 = _make_dot(24, NIB5, 0, 8, 4, LUT_IQ4NL, "f16", True)
 dot_q8_0 = _make_dot(34, BYTE, 128, 2, 0, LUT_IQ4NL, "f16", False)
 dot_iq4_nl = _make_dot(18, LUT, 128, 2, 0, LUT_IQ4NL, "f16", False)
 dot_mxfp4 = _make_dot(17, LUT, 128, 1, 0, LUT_MXFP4, "e8m0", False)
+
+
+# ---------------------------------------------------------------- the 256-element K-quants, against Q8_K
+# x (uint8) is `activations.pack_q8_k`'s layout: n int8 codes, n / 256 float32 scales d, then n / 16
+# float32 sums of 16 codes (llama.cpp's bsums; exact integers). A super-block's sub-block sums are
+# integers times integer scales, accumulated in int32 lanes (`iacc_bits32`) and scaled once by
+# d_w * d_x (`flush8`), as ggml's vec_dot_q*_K_q8_K do; the mins (Q2_K, Q4_K, Q5_K) multiply x's bsums.
+
+
+@njit(inline="always")
+def _k_setup(w, block_bytes):
+    nbk = w.shape[0] // block_bytes
+    n = 256 * nbk
+    return nbk, n, n + 4 * nbk
+
+
+@njit(inline="always")
+def k4_scale_min(w, o, j):
+    """get_scale_min_k4: the 6-bit scale and min of sub-block j of the Q4_K/Q5_K block at w[o]."""
+    if j < 4:
+        return np.int32(w[o + 4 + j] & 63), np.int32(w[o + 8 + j] & 63)
+    sc = np.int32(w[o + 8 + j] & 15) | (np.int32(w[o + j] >> 6) << 4)
+    mn = np.int32(w[o + 8 + j] >> 4) | (np.int32(w[o + 4 + j] >> 6) << 4)
+    return sc, mn
+
+
+def _make_dot_k45(block_bytes: int, qs_off: int, high: int):
+    """Q4_K (high 0) and Q5_K (high 1: bit `is` of qh[l] at byte 16 is 16 on element l of sub-block is)."""
+
+    @njit(**JIT_DOT)
+    def dot(w, x):
+        acc = carray(stack_f32(8), 8)
+        iacc = carray(stack_i32(8), 8)
+        zero8(acc)
+        izero8(iacc)
+        nbk, n, ob = _k_setup(w, block_bytes)
+        sm = np.float32(0.0)
+        for b in range(nbk):
+            o = block_bytes * b
+            dx = f32_at(x, n + 4 * b)
+            summ = np.float32(0.0)
+            for c in range(4):
+                sc0, m0 = k4_scale_min(w, o, 2 * c)
+                sc1, m1 = k4_scale_min(w, o, 2 * c + 1)
+                xo = 256 * b + 64 * c
+                iacc_bits32(0, 15, high, 4, iacc, w, o + qs_off + 32 * c, 0, o + 16, 2 * c, x, xo, sc0, sc0)
+                iacc_bits32(0, 15, high, 4, iacc, w, o + qs_off + 32 * c, 4, o + 16, 2 * c + 1, x, xo + 32, sc1, sc1)
+                g = ob + 4 * (16 * b + 4 * c)
+                summ += np.float32(m0) * (f32_at(x, g) + f32_at(x, g + 4))
+                summ += np.float32(m1) * (f32_at(x, g + 8) + f32_at(x, g + 12))
+            flush8(acc, iacc, f16_at(w, o) * dx)
+            sm += f16_at(w, o + 2) * dx * summ
+        return hsum8(acc) - sm
+
+    return dot
+
+
+dot_q4_k = _make_dot_k45(144, 16, 0)
+dot_q5_k = _make_dot_k45(176, 48, 1)
+
+
+@njit(**JIT_DOT)
+def dot_q6_k(w, x):
+    """ql at 0, qh at 128, int8 scales (one per 16) at 192, d at 208; codes q + 32 (bias 32)."""
+    acc = carray(stack_f32(8), 8)
+    iacc = carray(stack_i32(8), 8)
+    zero8(acc)
+    izero8(iacc)
+    nbk, n, ob = _k_setup(w, 210)
+    for b in range(nbk):
+        o = 210 * b
+        for h in range(2):
+            for k in range(4):
+                s = o + 192 + 8 * h + 2 * k
+                iacc_bits32(32, 15, 3, 4, iacc, w, o + 64 * h + 32 * (k & 1), 4 * (k >> 1), o + 128 + 32 * h, 2 * k,
+                            x, 256 * b + 128 * h + 32 * k, np.int8(w[s]), np.int8(w[s + 1]))
+        flush8(acc, iacc, f16_at(w, o + 208) * f32_at(x, n + 4 * b))
+    return hsum8(acc)
+
+
+@njit(**JIT_DOT)
+def dot_q2_k(w, x):
+    """scales (4-bit scale, 4-bit min per 16) at 0, qs at 16, d at 80, dmin at 82."""
+    acc = carray(stack_f32(8), 8)
+    iacc = carray(stack_i32(8), 8)
+    zero8(acc)
+    izero8(iacc)
+    nbk, n, ob = _k_setup(w, 84)
+    sm = np.float32(0.0)
+    for b in range(nbk):
+        o = 84 * b
+        dx = f32_at(x, n + 4 * b)
+        for h in range(2):
+            for k in range(4):
+                g = o + 8 * h + 2 * k
+                iacc_bits32(0, 3, 0, 0, iacc, w, o + 16 + 32 * h, 2 * k, o, 0, x, 256 * b + 128 * h + 32 * k,
+                            w[g] & 15, w[g + 1] & 15)
+        summ = np.float32(0.0)
+        for g in range(16):
+            summ += np.float32(w[o + g] >> 4) * f32_at(x, ob + 4 * (16 * b + g))
+        flush8(acc, iacc, f16_at(w, o + 80) * dx)
+        sm += f16_at(w, o + 82) * dx * summ
+    return hsum8(acc) - sm
+
+
+@njit(inline="always")
+def q3k_scale(w, o, j):
+    """The signed 6-bit scale (minus 32) of group j of the Q3_K block at w[o] (scales at o + 96)."""
+    lo = np.int32(w[o + 96 + (j & 7)] >> (4 * (j >> 3))) & 15
+    hi = np.int32(w[o + 104 + (j & 3)] >> (2 * (j >> 2))) & 3
+    return (lo | (hi << 4)) - 32
+
+
+@njit(**JIT_DOT)
+def dot_q3_k(w, x):
+    """hmask at 0, qs at 32, scales at 96, d at 108; q = low 2 bits + 4 * high bit - 4 (bias 4)."""
+    acc = carray(stack_f32(8), 8)
+    iacc = carray(stack_i32(8), 8)
+    zero8(acc)
+    izero8(iacc)
+    nbk, n, ob = _k_setup(w, 110)
+    for b in range(nbk):
+        o = 110 * b
+        for h in range(2):
+            for k in range(4):
+                j = 8 * h + 2 * k
+                iacc_bits32(4, 3, 1, 2, iacc, w, o + 32 + 32 * h, 2 * k, o, 4 * h + k, x, 256 * b + 128 * h + 32 * k,
+                            q3k_scale(w, o, j), q3k_scale(w, o, j + 1))
+        flush8(acc, iacc, f16_at(w, o + 108) * f32_at(x, n + 4 * b))
+    return hsum8(acc)
+
+
+@njit(**JIT_DOT)
+def dot_iq4_xs(w, x):
+    """d at 0, scales_h (u16) at 2, scales_l at 4, qs at 8: sub-block ib's codebook values times ls - 32."""
+    acc = carray(stack_f32(8), 8)
+    iacc = carray(stack_i32(8), 8)
+    zero8(acc)
+    izero8(iacc)
+    nbk, n, ob = _k_setup(w, 136)
+    for b in range(nbk):
+        o = 136 * b
+        sh = np.int32(w[o + 2]) | (np.int32(w[o + 3]) << 8)
+        for ib in range(8):
+            ls = np.int32((w[o + 4 + (ib >> 1)] >> (4 * (ib & 1))) & 15) | (((sh >> (2 * ib)) & 3) << 4)
+            iacc_lut16(iacc, w, o + 8 + 16 * ib, LUT_IQ4NL, x, 256 * b + 32 * ib, ls - 32)
+        flush8(acc, iacc, f16_at(w, o) * f32_at(x, n + 4 * b))
+    return hsum8(acc)
