@@ -112,12 +112,14 @@ def _round_q8_k(x2, out):
 
 
 @numba.njit(**_JIT)
-def _pack_q8_32(x2, codes, scales):
-    """_round_q8_1's rounding, kept as integers: codes[r, j] the int8 q, scales[r, b] the f16-rounded d
-    and scales[r, nb + b] the Q8_1 block sum f16(d32 * sum(q))."""
+def pack_q8_32_into(x2, out):
+    """_round_q8_1's rounding kept as integers, into out (n_rows, n + n / 4) uint8 (pack_q8_32's layout):
+    each row's n int8 codes, its n / 32 f16-rounded scales d and its Q8_1 block sums f16(d32 * sum(q))."""
     n_rows, n = x2.shape
     nb = n // 32
     for r in range(n_rows):
+        codes = out[r, :n].view(np.int8)
+        scales = out[r, n:].view(np.float32)
         for b in range(nb):
             amax = np.float32(0.0)
             for j in range(32 * b, 32 * b + 32):
@@ -129,31 +131,47 @@ def _pack_q8_32(x2, codes, scales):
             q_sum = np.float32(0.0)
             for j in range(32 * b, 32 * b + 32):
                 q = np.float32(np.rint(x2[r, j] * inv))
-                codes[r, j] = np.int8(q)
+                codes[j] = np.int8(q)
                 q_sum += q
-            scales[r, b] = to_f16(d32)
-            scales[r, nb + b] = to_f16(np.float32(d32 * q_sum))
+            scales[b] = to_f16(d32)
+            scales[nb + b] = to_f16(np.float32(d32 * q_sum))
 
 
 def pack_q8_32(x: np.ndarray) -> np.ndarray:
     """x (n_rows, n) -> uint8 (n_rows, n + n / 4): each row rounded to int8 blocks of 32 exactly as
     `with_block_sums(x, rounded=True)` rounds it, kept as integers for the integer kernels
-    (rows_int.py): n codes, then n / 32 float32 scales, then n / 32 float32 Q8_1 block sums."""
+    (rows_int.py): n codes, then n / 32 float32 scales, then n / 32 float32 Q8_1 block sums.
+    (The product drivers pack inside their compiled code, products.pack_rows; this is the same.)"""
     x2 = np.ascontiguousarray(x, np.float32)
     n_rows, n = x2.shape
     if n % 32:
         raise ValueError(f"activation rows of {n} values do not split into blocks of 32")
-    out = np.empty((n_rows, n + n // 4), np.uint8)
-    _pack_q8_32(x2, out[:, :n].view(np.int8), out[:, n:].view(np.float32))
+    out = np.empty((n_rows, q8_32_width(n)), np.uint8)
+    pack_q8_32_into(x2, out)
     return out
 
 
+@numba.njit(inline="always")
+def q8_32_width(n):
+    return n + n // 4
+
+
+@numba.njit(inline="always")
+def q8_k_width(n):
+    return n + n // 64 + n // 4
+
+
 @numba.njit(**_JIT)
-def _pack_q8_k(x2, codes, scales, bsums):
-    """_round_q8_k's rounding kept as integers: codes, d per 256 and the sums of 16 codes."""
+def pack_q8_k_into(x2, out):
+    """_round_q8_k's rounding kept as integers, into out (n_rows, n + n / 64 + n / 4) uint8 (pack_q8_k's
+    layout): codes, d per 256 and the sums of 16 codes."""
     n_rows, n = x2.shape
+    nbk = n // QK_K
     for r in range(n_rows):
-        for b in range(n // QK_K):
+        codes = out[r, :n].view(np.int8)
+        scales = out[r, n:n + 4 * nbk].view(np.float32)
+        bsums = out[r, n + 4 * nbk:].view(np.float32)
+        for b in range(nbk):
             o = QK_K * b
             amax = np.float32(0.0)
             smax = np.float32(0.0)
@@ -163,21 +181,21 @@ def _pack_q8_k(x2, codes, scales, bsums):
                     amax = a
                     smax = x2[r, j]
             if amax == 0:
-                scales[r, b] = 0.0
+                scales[b] = 0.0
                 for j in range(o, o + QK_K):
-                    codes[r, j] = 0
+                    codes[j] = 0
                 for g in range(16):
-                    bsums[r, 16 * b + g] = 0.0
+                    bsums[16 * b + g] = 0.0
                 continue
             iscale = np.float32(-127.0) / smax
-            scales[r, b] = np.float32(1.0) / iscale
+            scales[b] = np.float32(1.0) / iscale
             for g in range(16):
                 s = 0
                 for j in range(o + 16 * g, o + 16 * g + 16):
                     q = np.int32(min(np.rint(iscale * x2[r, j]), 127.0))
-                    codes[r, j] = np.int8(q)
+                    codes[j] = np.int8(q)
                     s += q
-                bsums[r, 16 * b + g] = np.float32(s)
+                bsums[16 * b + g] = np.float32(s)
 
 
 def pack_q8_k(x: np.ndarray) -> np.ndarray:
@@ -188,9 +206,8 @@ def pack_q8_k(x: np.ndarray) -> np.ndarray:
     n_rows, n = x2.shape
     if n % QK_K:
         raise ValueError(f"activation rows of {n} values do not split into blocks of {QK_K}")
-    out = np.empty((n_rows, n + n // 64 + n // 4), np.uint8)
-    nbk = n // QK_K
-    _pack_q8_k(x2, out[:, :n].view(np.int8), out[:, n:n + 4 * nbk].view(np.float32), out[:, n + 4 * nbk:].view(np.float32))
+    out = np.empty((n_rows, q8_k_width(n)), np.uint8)
+    pack_q8_k_into(x2, out)
     return out
 
 

@@ -59,7 +59,7 @@ from quant import GGMLType, QTensor  # noqa: E402
 
 from ..base import KernelError  # noqa: E402
 from . import pool, rows_float, rows_int, rows_k, rows_legacy  # noqa: E402
-from .activations import for_weight, pack_q8_32, pack_q8_k  # noqa: E402
+from .activations import for_weight, pack_q8_32, pack_q8_32_into, pack_q8_k, pack_q8_k_into, q8_32_width, q8_k_width  # noqa: E402
 from .rows_common import FM_DOT, prefetch, slp_compile_scope  # noqa: E402
 from .rows_float import tile_dot44  # noqa: E402
 
@@ -148,6 +148,12 @@ def dot_rows_multi(qt, w3, e, r0, r1, x2, m_x, m0, m1, m_out, out2, buf):  # pra
 
 def dequant_range(qt, w3, e, r0, r1, out, o):  # pragma: no cover - overloaded below
     """out[o + r - r0] = dequantized w3[e, r] for r in r0..r1-1"""
+    raise NotImplementedError
+
+
+def pack_rows(qt, x2):  # pragma: no cover - overloaded below
+    """x2 (float32 rows) packed as int8 blocks for qt's integer kernels (INT_KERNELS' packer); a
+    uint8 array of no rows for a type without them."""
     raise NotImplementedError
 
 
@@ -270,6 +276,22 @@ def _dot_rows_multi(qt, w3, e, r0, r1, x2, m_x, m0, m1, m_out, out2, buf):
     return impl
 
 
+@overload(pack_rows, jit_options=_JIT_DEQ_ROWS)
+def _pack_rows(qt, x2):
+    t = _literal_type(qt)
+    if t not in INT_KERNELS:
+        return lambda qt, x2: np.empty((0, 1), np.uint8)
+    k = INT_KERNELS[t][1] is pack_q8_k
+    into, width = (pack_q8_k_into, q8_k_width) if k else (pack_q8_32_into, q8_32_width)
+
+    def impl(qt, x2):
+        out = np.empty((x2.shape[0], width(x2.shape[1])), np.uint8)
+        into(x2, out)
+        return out
+
+    return impl
+
+
 @overload(dequant_range, jit_options=_JIT_DEQ_ROWS)
 def _dequant_range(qt, w3, e, r0, r1, out, o):
     deq = ROW_KERNELS[_literal_type(qt)][1]
@@ -300,12 +322,14 @@ def _tile_range(qt, w3, e, r0, r1, out, o):
 
 def _make_drivers(qt: int, khash: str):
     @njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
-    def groups(w3, xq, x2, g_exp, g_off, m_x, m_out, out2, chunk, direct_max):
+    def groups(w3, x, pack, x2, g_exp, g_off, m_x, m_out, out2, chunk, direct_max):
         """out2[m_out[m], r] = w3[g_exp[g], r] . x2[m_x[m]] for every member m of every group g.
 
-        xq: the same activations packed as int8 blocks (pack_q8_32) when the type has integer kernels
-        and they are rounded as llama.cpp rounds them, else no rows; groups dotting from the blocks
-        then take the integer kernels. x2 (floats) serves the others; it has no rows when unused.
+        pack: x (the float32 rows as they come) is first rounded to int8 blocks (`pack_rows`, serial,
+        here rather than in a call of its own: a few microseconds less per product) for the groups
+        that dot from the blocks, which then take the integer kernels (INT_KERNELS); set when the type
+        has them and activations are rounded as llama.cpp rounds them. x2 (floats, as
+        activations.for_weight makes them) serves the other groups; it has no rows when unused.
 
         Work items are (group, chunk of rows). Groups of up to `direct_max` tokens take the row
         kernel's dot straight from the blocks (one token: `dot_rows`; several: `dot_rows_multi`, each
@@ -314,6 +338,7 @@ def _make_drivers(qt: int, khash: str):
         khash  # noqa: B018  (part of the cache key: see the module doc)
         n_out = w3.shape[1]
         n_in = x2.shape[1]
+        xq = pack_rows(qt, x) if pack else np.empty((0, 1), np.uint8)
         use_q = xq.shape[0] > 0
         n_chunks = (n_out + chunk - 1) // chunk
         for item in prange(g_exp.shape[0] * n_chunks):
@@ -458,21 +483,16 @@ def _no_rows(width: int, dtype) -> np.ndarray:
 
 
 def _inputs(x2: np.ndarray, w: QTensor, activations: str, direct: bool, tiled: bool):
-    """(xq, xf) for the driver from float32 rows x2 (n, n_in): packed int8 blocks for the groups that
-    dot from the blocks when the type has integer kernels and activations are rounded as llama.cpp
-    rounds them; float rows (activations.for_weight: rounded or not, Q4_1/Q5_1 with block sums) for
-    the rest. What no group uses is an array of no rows."""
-    n_in = x2.shape[1]
+    """(pack, xf) for the driver from float32 rows x2 (n, n_in): whether the driver rounds x2 to int8
+    blocks for the groups that dot from the blocks (the type has integer kernels and activations are
+    rounded as llama.cpp rounds them); float rows (activations.for_weight: rounded or not, Q4_1/Q5_1
+    with block sums) for the rest, or an array of no rows when no group uses them."""
     packed = activations == "llama.cpp" and w.qtype in INT_KERNELS
-    if packed and direct:
-        xq = _readonly(INT_KERNELS[w.qtype][1](x2))
-    else:
-        xq = _no_rows(n_in + n_in // 4, np.uint8)  # any width: no rows are read
     if tiled or not packed:
         xf = _readonly(np.ascontiguousarray(for_weight(x2, w.qtype, activations), np.float32))
     else:
         xf = _no_rows(_x_width(w), np.float32)
-    return xq, xf
+    return packed and direct, xf
 
 
 def _x_width(w: QTensor) -> int:
@@ -550,15 +570,15 @@ def matmul(x, w: QTensor, n_threads: int, path=None, activations: str = "f32") -
     x = np.asarray(x, dtype=np.float32)
     if x.ndim not in (1, 2) or x.shape[-1] != n_in:
         raise ValueError(f"matmul: x has shape {x.shape}, weight {w.name or ''} expects (..., {n_in})")
-    x2 = x.reshape(-1, n_in)
+    x2 = _readonly(np.ascontiguousarray(x.reshape(-1, n_in)))
     n_tok = x2.shape[0]
     out = np.empty((n_tok, n_out), np.float32)
     if n_tok and n_out:
         g_exp, g_off, members, direct_max, tiled = _plain_groups(n_tok, path)
-        xq, xf = _inputs(x2, w, activations, not tiled, tiled)
+        pack, xf = _inputs(x2, w, activations, not tiled, tiled)
         nt = _threads_for(n_out * n_in * (n_tok + 4 * (len(g_off) - 1) * tiled), n_threads)
         chunk = _chunk_rows(n_out, n_in, len(g_off) - 1, tiled, nt)
-        d.groups(w3, xq, xf, g_exp, g_off, members, members, out, chunk, direct_max)
+        d.groups(w3, x2, pack, xf, g_exp, g_off, members, members, out, chunk, direct_max)
     return out.reshape(n_out) if x.ndim == 1 else out
 
 
@@ -614,10 +634,11 @@ def matmul_experts(x, w: QTensor, ids, n_threads: int, path=None, activations: s
     m_x = order // n_used if shared else order
     direct_max = _direct_max(path)
     tiled = bool(counts.max() > direct_max)
-    xq, xf = _inputs(x2, w, activations, bool(counts.min() <= direct_max), tiled)
+    x2 = _readonly(np.ascontiguousarray(x2))
+    pack, xf = _inputs(x2, w, activations, bool(counts.min() <= direct_max), tiled)
     nt = _threads_for(_group_work(n_out, n_in, counts, direct_max), n_threads)
     chunk = _chunk_rows(n_out, n_in, len(experts), tiled, nt)
-    args = (data, xq, xf, _index(experts), _index(g_off), _index(m_x), _index(order), out.reshape(n_pairs, n_out), chunk,
+    args = (data, x2, pack, xf, _index(experts), _index(g_off), _index(m_x), _index(order), out.reshape(n_pairs, n_out), chunk,
             direct_max)
     if len(experts) > 1 and counts.min() != counts.max():
         with numba.parallel_chunksize(1):
