@@ -53,6 +53,9 @@ class Backend(Protocol):
     # pass (engine/batching.py): "rows" for decode tokens, "tiles" for prompt tokens, None as the size
     # suggests; where `batch_invariant` is True a fixed path gives each row exactly what it gives alone.
     batch_invariant: bool
+    # True where one product over stacked weights (engine/models/common.py Weights.stacked: Q/K/V,
+    # gate/up) is cheaper than one per weight and the caller may slice the result's columns on the host
+    fuses_products: bool
     def matmul(self, x, w, bias=None, path=None) -> Any: ...  # (n_tok, n_in) x (n_out, n_in) -> (n_tok, n_out)
     def matmul_experts(self, x, w, ids, bias=None, path=None) -> Any: ...  # -> (n_tok, n_used, n_out)
     def concat_rows(self, parts) -> Any: ...                 # stacked along the first axis

@@ -21,6 +21,7 @@ from .ops_numpy import NumpyOps
 
 class NumpyBackend(NumpyOps):
     name = "numpy"
+    fuses_products = False  # the oracle keeps every product separate
 
     def __init__(self, n_threads: int | None = None, activations: str = "llama.cpp"):
         self.n_threads = n_threads or 1

@@ -8,7 +8,7 @@ Tensors are reached by their GGUF names (tinygrad style), so loading needs no na
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -94,6 +94,35 @@ class Weights(_Tensors):
                 part = QTensor(t.qtype, (stop - start, *t.shape[1:]), t.data[start:stop], f"{name}[{start}:{stop}]")
                 self._cache[key] = be.upload(part)
         return self._cache[key]
+
+    def stacked(self, names: list[str], backend=None):
+        """One matrix holding the rows of the matrices `names` one after another (a copy, made once), for
+        a backend that fuses products (`fuses_products`): Q/K/V or gate/up then take one product
+        instead of two or three, and each row's result is what the separate product gives (rows are
+        computed independently). None where the backend does not fuse or the matrices differ in type
+        or row width (the caller then uses them separately)."""
+        be = backend or self.place.backend_for(names[0])
+        if not getattr(be, "fuses_products", False) or any(self.place.backend_for(n) is not be for n in names):
+            return None
+        key = (tuple(names), id(be), "stacked")
+        if key not in self._cache:
+            parts = [self._info(n).load() for n in names]
+            t0 = parts[0]
+            if len(t0.shape) != 2 or any(t.qtype != t0.qtype or len(t.shape) != 2 or t.shape[1] != t0.shape[1]
+                                         for t in parts):
+                self._cache[key] = None
+            else:
+                rows = sum(t.shape[0] for t in parts)
+                data = np.concatenate([np.asarray(t.data) for t in parts])
+                self._cache[key] = be.upload(QTensor(t0.qtype, (rows, t0.shape[1]), data, "+".join(names)))
+        return self._cache[key]
+
+    def stacked_bias(self, names: list[str], backend=None):
+        """The biases `names` one after another as a float32 backend array (all present), else None."""
+        if not all(n in self.gguf.tensors for n in names):
+            return None
+        be = backend or self.place.backend_for(names[0])
+        return be.asarray(np.concatenate([self._info(n).load().dequantize().reshape(-1) for n in names]))
 
     def raw(self, name: str):
         """The QTensor itself, on the host."""
@@ -260,10 +289,15 @@ def swa_layers_from_gguf(g: GGUF, prefix: str, n_layer: int, n_swa: int, default
     return tuple(n_swa > 0 and (period == 0 or il % period < period - 1) for il in range(n_layer))
 
 
-def gated_ffn(be, x, gate, up, down, glu: str = "swiglu"):
+def gated_ffn(be, x, gate, up, down, glu: str = "swiglu", gate_up=None):
     """down(act(gate x) * up x): SwiGLU with glu="swiglu" (silu), GeGLU with "geglu" (gelu)
-    (llama.cpp LLM_FFN_PAR); the backend's glu op fuses the activation and the product."""
-    return be.matmul(getattr(be, glu)(be.matmul(x, gate), be.matmul(x, up)), down)
+    (llama.cpp LLM_FFN_PAR); the backend's glu op fuses the activation and the product. `gate_up`:
+    the two stacked (Weights.stacked), one product whose halves are gate x and up x."""
+    if gate_up is None:
+        return be.matmul(getattr(be, glu)(be.matmul(x, gate), be.matmul(x, up)), down)
+    y = be.matmul(x, gate_up)
+    n_ff = y.shape[-1] // 2
+    return be.matmul(getattr(be, glu)(be.asarray(y[:, :n_ff]), be.asarray(y[:, n_ff:])), down)
 
 
 def moe_ffn(be, x, router, gate_exps, up_exps, down_exps, n_used: int, glu: str = "swiglu", norm: bool = True):
@@ -320,10 +354,18 @@ class QKV:
     q_bias: object = None
     k_bias: object = None
     v_bias: object = None
+    qkv: object = None       # the three stacked (Weights.stacked) where the backend fuses products
+    qkv_bias: object = None
 
     def project(self, be, x, p: DecoderParams):
         """x (n, n_embd) -> q (n, n_head, head_dim), k and v (n, n_head_kv, head_dim)."""
         n = x.shape[0]
+        if self.qkv is not None:
+            y = be.matmul(x, self.qkv, self.qkv_bias)
+            a, b = p.n_head * p.head_dim, (p.n_head + p.n_head_kv) * p.head_dim
+            return (be.asarray(y[:, :a]).reshape(n, p.n_head, p.head_dim),
+                    be.asarray(y[:, a:b]).reshape(n, p.n_head_kv, p.head_dim),
+                    be.asarray(y[:, b:]).reshape(n, p.n_head_kv, p.head_dim))
         return (be.matmul(x, self.q, self.q_bias).reshape(n, p.n_head, p.head_dim),
                 be.matmul(x, self.k, self.k_bias).reshape(n, p.n_head_kv, p.head_dim),
                 be.matmul(x, self.v, self.v_bias).reshape(n, p.n_head_kv, p.head_dim))
@@ -336,7 +378,15 @@ def load_qkv(w: Weights, i: int, p: DecoderParams) -> QKV:
     L = w.blk[i]
     n_q, n_kv = p.n_head * p.head_dim, p.n_head_kv * p.head_dim
     if not L.has("attn_qkv"):
-        return QKV(L.attn_q, L.attn_k, L.attn_v, L.get("attn_q_bias"), L.get("attn_k_bias"), L.get("attn_v_bias"))
+        qkv = QKV(L.attn_q, L.attn_k, L.attn_v, L.get("attn_q_bias"), L.get("attn_k_bias"), L.get("attn_v_bias"))
+        biases = [f"blk.{i}.attn_{x}.bias" for x in "qkv"]
+        has_bias = [b in w.gguf.tensors for b in biases]
+        if any(has_bias) and not all(has_bias):
+            return qkv  # some biased, some not: kept apart
+        stacked = w.stacked([f"blk.{i}.attn_{x}.weight" for x in "qkv"])
+        if stacked is None or stacked.shape[0] != n_q + 2 * n_kv:
+            return qkv
+        return replace(qkv, qkv=stacked, qkv_bias=w.stacked_bias(biases) if all(has_bias) else None)
     name = f"blk.{i}.attn_qkv.weight"
     if w.gguf.tensors[name].ne[1] != n_q + 2 * n_kv:
         raise GGUFError(w.gguf.path, f"{name} has {w.gguf.tensors[name].ne[1]} rows; the heads need {n_q + 2 * n_kv}")
@@ -384,6 +434,10 @@ class DecoderModel:
         self.output = w.output if w.has("output") else w.get("token_embd.weight", self.place.output)
         self.output_bias = w.get("output.bias") if w.has("output_bias") else None
         self.qkv = [load_qkv(w, i, p) for i in range(p.n_layer)]
+        # gate and up stacked for one product (Weights.stacked), where the backend fuses products
+        self.ffn_gate_up = [w.stacked([f"blk.{i}.ffn_gate.weight", f"blk.{i}.ffn_up.weight"])
+                            if w.blk[i].has("ffn_gate") and w.blk[i].has("ffn_up") else None
+                            for i in range(p.n_layer)]
         for i, L in enumerate(w.blk):
             self.load_layer(i, L)
         w.output_norm

@@ -72,7 +72,8 @@ class Model(DecoderModel):
         o = attend(be, cache, i, q, k, v, pos, p.rope_swa if local else p.rope, scale=1.0, q_scale=p.attn_scale,
                    window=p.n_swa if local else 0, softcap=p.attn_softcap)
         h = h + be.rms_norm(be.matmul(o, L.attn_output), L.post_attention_norm, p.rms_eps)
-        f = gated_ffn(be, be.rms_norm(h, L.ffn_norm, p.rms_eps), L.ffn_gate, L.ffn_up, L.ffn_down, "geglu")
+        f = gated_ffn(be, be.rms_norm(h, L.ffn_norm, p.rms_eps), L.ffn_gate, L.ffn_up, L.ffn_down, "geglu",
+                      gate_up=self.ffn_gate_up[i])
         return h + be.rms_norm(f, L.post_ffw_norm, p.rms_eps)
 
     def logits(self, be, h):

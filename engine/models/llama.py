@@ -103,4 +103,4 @@ class Model(DecoderModel):
         f = be.rms_norm(h, L.ffn_norm, p.rms_eps)
         if self.moe:
             return h + moe_ffn(be, f, L.ffn_gate_inp, L.ffn_gate_exps, L.ffn_up_exps, L.ffn_down_exps, p.n_expert_used)
-        return h + gated_ffn(be, f, L.ffn_gate, L.ffn_up, L.ffn_down)
+        return h + gated_ffn(be, f, L.ffn_gate, L.ffn_up, L.ffn_down, gate_up=self.ffn_gate_up[i])

@@ -44,6 +44,9 @@ class DeviceBackend(ProductOps, AttentionOps, GraphOps):
     name = "device"
     is_device = True
     batch_invariant = False  # a batched step's rows may round differently from one sequence alone (see matmul)
+    # not yet: column slices of a product's device array would need kernels that take strided rows
+    # (and a GPU session to measure them); the products stay separate on the devices
+    fuses_products = False
 
     def __init__(self, runtime, n_threads: int | None = None, activations: str = "llama.cpp"):
         self.rt = runtime

@@ -4,8 +4,9 @@ Products with quantized weights (`matmul`, `matmul_experts`, `get_rows`) read th
 directly (products.py, rows_*.py); elementwise ops and attention come from `NumbaOps` (ops.py).
 Weights are used in their GGML storage layout as `upload` returns them: no repacking, no copy.
 Activations are rounded as llama.cpp rounds them (`activations="llama.cpp"`, see quant/activations.py)
-unless asked for exact float32 products (`activations="f32"`); for Q4_1/Q5_1 weights they carry
-block sums (activations.for_weight).
+unless asked for exact float32 products (`activations="f32"`); rounded, a matrix-vector product of a
+quantized type is an integer dot product of the weights' codes with x's int8 codes (rows_int.py),
+as ggml's vec_dot; for Q4_1/Q5_1 weights float x carries block sums (activations.for_weight).
 Compiled kernels are cached on disk in a per-user directory set up before any of them is defined
 (kernel_cache.py); each type's product drivers compile on the first product of that type.
 """
@@ -28,6 +29,9 @@ from .ops import NumbaOps  # noqa: E402
 
 class NumbaBackend(NumbaOps):
     name = "cpu"
+    # Q/K/V and gate/up as one product each (engine/models/common.py Weights.stacked): ~8 us of call
+    # overhead saved per product not made, 90 of SmolLM2's 211 a token
+    fuses_products = True
 
     def __init__(self, n_threads: int | None = None, activations: str = "llama.cpp"):
         import numba

@@ -7,7 +7,10 @@ each type two parallel drivers are compiled lazily, on first use, and cached on 
   matrix is one expert); tokens come in groups that share an expert (a plain matmul is one group,
   a MoE product one group per chosen expert). `prange` runs over (group, chunk of rows). A group
   of one token takes the row kernel's `dot` straight from the quantized blocks (decode,
-  matrix-vector); a bigger group dequantizes the chunk's rows once into a thread-local tile
+  matrix-vector): with activations rounded as llama.cpp rounds them, the *integer* dot of
+  rows_int.py (`INT_KERNELS`: every quantized type; x rounded to int8 blocks once per call inside
+  the driver, integer multiply-adds with VNNI, as ggml's vec_dot), else the float dot of rows_*.py
+  (activations="f32", and F32/F16/BF16 weights); a bigger group dequantizes the chunk's rows once into a thread-local tile
   (<= TILE_BYTES, so it stays in L2) and multiplies it with the group's tokens in register
   blocks of 4 rows x 4 tokens (`tile_dot44`, ~75-110 GFLOP/s per AVX-512 core, about what
   single-threaded OpenBLAS does). Every weight byte is read once per call, whatever the batch.

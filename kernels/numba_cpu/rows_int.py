@@ -344,7 +344,18 @@ def k4_scale_min(w, o, j):
 
 
 def _make_dot_k45(block_bytes: int, qs_off: int, high: int):
-    """Q4_K (high 0) and Q5_K (high 1: bit `is` of qh[l] at byte 16 is 16 on element l of sub-block is)."""
+    """Q4_K (high 0) and Q5_K (high 1: bit `is` of qh[l] at byte 16 is 16 on element l of sub-block is).
+    The four 64-element chunks are written out with constant chunk numbers (`chunk`, inlined): with a
+    run-time loop the scale decoding branched per chunk and Q4_K ran at half the speed of Q4_0."""
+
+    @njit(inline="always")
+    def chunk(w, o, c, x, xo, iacc, ob):
+        sc0, m0 = k4_scale_min(w, o, 2 * c)
+        sc1, m1 = k4_scale_min(w, o, 2 * c + 1)
+        iacc_bits32(0, 15, high, 4, iacc, w, o + qs_off + 32 * c, 0, o + 16, 2 * c, x, xo + 64 * c, sc0, sc0)
+        iacc_bits32(0, 15, high, 4, iacc, w, o + qs_off + 32 * c, 4, o + 16, 2 * c + 1, x, xo + 64 * c + 32, sc1, sc1)
+        g = ob + 16 * c
+        return np.float32(m0) * (f32_at(x, g) + f32_at(x, g + 4)) + np.float32(m1) * (f32_at(x, g + 8) + f32_at(x, g + 12))
 
     @njit(**JIT_DOT)
     def dot(w, x):
@@ -357,16 +368,10 @@ def _make_dot_k45(block_bytes: int, qs_off: int, high: int):
         for b in range(nbk):
             o = block_bytes * b
             dx = f32_at(x, n + 4 * b)
-            summ = np.float32(0.0)
-            for c in range(4):
-                sc0, m0 = k4_scale_min(w, o, 2 * c)
-                sc1, m1 = k4_scale_min(w, o, 2 * c + 1)
-                xo = 256 * b + 64 * c
-                iacc_bits32(0, 15, high, 4, iacc, w, o + qs_off + 32 * c, 0, o + 16, 2 * c, x, xo, sc0, sc0)
-                iacc_bits32(0, 15, high, 4, iacc, w, o + qs_off + 32 * c, 4, o + 16, 2 * c + 1, x, xo + 32, sc1, sc1)
-                g = ob + 4 * (16 * b + 4 * c)
-                summ += np.float32(m0) * (f32_at(x, g) + f32_at(x, g + 4))
-                summ += np.float32(m1) * (f32_at(x, g + 8) + f32_at(x, g + 12))
+            xo = 256 * b
+            gb = ob + 64 * b  # x's 16 bsums of this super-block
+            summ = chunk(w, o, 0, x, xo, iacc, gb) + chunk(w, o, 1, x, xo, iacc, gb)
+            summ += chunk(w, o, 2, x, xo, iacc, gb) + chunk(w, o, 3, x, xo, iacc, gb)
             flush8(acc, iacc, f16_at(w, o) * dx)
             sm += f16_at(w, o + 2) * dx * summ
         return hsum8(acc) - sm
