@@ -17,7 +17,9 @@ import numba
 import numpy as np
 import pytest
 
-from kernels.numba_cpu import NumbaBackend, products, rows_int
+from kernels.numba_cpu import NumbaBackend, int_intrinsics, products
+from kernels.numba_cpu.int_intrinsics import stack_i64
+from kernels.numba_cpu.rows_common import stack_f32
 from kernels.numba_cpu.activations import pack_q8_32, pack_q8_k, with_block_sums
 from kernels.numba_cpu.rows_common import slp_compile_scope
 from quant import GGMLType, quant_type
@@ -104,14 +106,18 @@ def test_integer_kernel_equals_llama_cpp_formula(qt):
 def _rows_driver(dot):
     @numba.njit(fastmath={"contract", "nsz"}, error_model="numpy", boundscheck=False)
     def rows(w2, xq, out):
+        xo = numba.carray(stack_i64(1), 1)
+        res = numba.carray(stack_f32(1), 1)
+        xo[0] = 0
         for r in range(w2.shape[0]):
-            out[r] = dot(w2[r], xq)
+            dot(w2[r], xq, xo, res)
+            out[r] = res[0]
 
     return rows
 
 
 def _int_dot(qt):
-    return products.INT_KERNELS[qt][0]
+    return products.INT_KERNELS[qt][0][1]  # the one-token kernel
 
 
 @pytest.mark.parametrize("qt", INT_TYPES, ids=lambda t: t.name)
@@ -126,8 +132,8 @@ def test_portable_ir_gives_the_same_bits_as_vnni(qt, monkeypatch):
     portable = np.empty(16, np.float32)
     with slp_compile_scope():
         _rows_driver(_int_dot(qt))(w2, xq, host)
-        monkeypatch.setattr(rows_int, "HOST_VNNI", False)
-        monkeypatch.setattr(rows_int, "HOST_SSSE3", False)
+        monkeypatch.setattr(int_intrinsics, "HOST_VNNI", False)
+        monkeypatch.setattr(int_intrinsics, "HOST_SSSE3", False)
         # a fresh copy of the kernel, so that its intrinsics are generated again with the flags off
         fresh = numba.njit(inline="always", fastmath={"contract", "nsz"}, error_model="numpy", boundscheck=False)(
             _int_dot(qt).py_func)

@@ -54,7 +54,7 @@ from pathlib import Path
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
-from numba import njit, prange, types  # noqa: E402
+from numba import carray, njit, prange, types  # noqa: E402
 from numba.core import errors  # noqa: E402
 from numba.extending import overload  # noqa: E402
 
@@ -63,7 +63,8 @@ from quant import GGMLType, QTensor  # noqa: E402
 from ..base import KernelError  # noqa: E402
 from . import pool, rows_float, rows_int, rows_k, rows_legacy  # noqa: E402
 from .activations import for_weight, pack_q8_32, pack_q8_32_into, pack_q8_k, pack_q8_k_into, q8_32_width, q8_k_width  # noqa: E402
-from .rows_common import FM_DOT, prefetch, slp_compile_scope  # noqa: E402
+from .int_intrinsics import stack_i64  # noqa: E402
+from .rows_common import FM_DOT, prefetch, slp_compile_scope, stack_f32  # noqa: E402
 from .rows_float import tile_dot44  # noqa: E402
 
 ROW_KERNELS: dict[GGMLType, tuple] = {
@@ -86,8 +87,8 @@ ROW_KERNELS: dict[GGMLType, tuple] = {
 }
 
 # Integer dot kernels (rows_int.py) against int8-rounded activations, used for the groups that dot
-# straight from the blocks when activations are rounded as llama.cpp rounds them: (dot, how x is
-# packed for it: Q8_0/Q8_1 blocks of 32 or Q8_K super-blocks, as llama.cpp's vec_dot_type).
+# straight from the blocks when activations are rounded as llama.cpp rounds them: ({tokens: dot}, how x
+# is packed for it: Q8_0/Q8_1 blocks of 32 or Q8_K super-blocks, as llama.cpp's vec_dot_type).
 INT_KERNELS: dict[GGMLType, tuple] = {
     GGMLType.Q4_0: (rows_int.dot_q4_0, pack_q8_32),
     GGMLType.Q4_1: (rows_int.dot_q4_1, pack_q8_32),
@@ -121,7 +122,7 @@ PARALLEL_MIN_WORK = 1 << 15     # below this many multiply-adds (weights x token
 def _kernel_hash() -> str:
     h = hashlib.sha1()
     here = Path(__file__).resolve().parent
-    for name in ("rows_common.py", "rows_legacy.py", "rows_k.py", "rows_float.py", "rows_int.py"):
+    for name in ("rows_common.py", "rows_legacy.py", "rows_k.py", "rows_float.py", "rows_int.py", "int_intrinsics.py"):
         h.update((here / name).read_bytes())
     return h.hexdigest()[:16]
 
@@ -197,7 +198,19 @@ def _dot_rows(qt, w3, e, r0, r1, x2, xi, out2, oi):
     if _is_packed(x2):
         if t not in INT_KERNELS:  # compiled into every driver, called only for the types in INT_KERNELS
             return lambda qt, w3, e, r0, r1, x2, xi, out2, oi: None
-        dot = INT_KERNELS[t][0]
+        dot1 = INT_KERNELS[t][0][1]
+
+        def impl_int(qt, w3, e, r0, r1, x2, xi, out2, oi):
+            xf = x2.reshape(-1)
+            xo = carray(stack_i64(1), 1)
+            res = carray(stack_f32(1), 1)
+            xo[0] = xi * x2.shape[1]
+            for r in range(r0, r1):
+                prefetch_ahead(w3, e, r, r1)
+                dot1(w3[e, r], xf, xo, res)
+                out2[oi, r] = res[0]
+
+        return impl_int
     else:
         dot = ROW_KERNELS[t][0]
 
@@ -220,20 +233,28 @@ def _dot_rows_multi(qt, w3, e, r0, r1, x2, m_x, m0, m1, m_out, out2, buf):
     what `dot_rows` gives it alone (tests/test_batch_invariance.py), at one unpacking per row for the
     whole group instead of one per token: batched decode is no longer compute-bound on unpacking.
 
-    With packed int8 activations (rows_int) each token takes the integer dot of each row in turn (the
-    unpacking is a few integer ops; the row stays in L1 for the group's other tokens)."""
+    With packed int8 activations the integer kernels take 4 tokens at a time (rows_int: each block
+    unpacked once for the 4, each token's arithmetic that of the 1-token kernel)."""
     t = _literal_type(qt)
     if _is_packed(x2):
         if t not in INT_KERNELS:
             return lambda qt, w3, e, r0, r1, x2, m_x, m0, m1, m_out, out2, buf: None
-        dot = INT_KERNELS[t][0]
+        dot4 = INT_KERNELS[t][0][4]
 
         def impl_int(qt, w3, e, r0, r1, x2, m_x, m0, m1, m_out, out2, buf):
+            xf = x2.reshape(-1)
+            width = x2.shape[1]
+            xo = carray(stack_i64(4), 4)
+            res = carray(stack_f32(4), 4)
             for r in range(r0, r1):
                 prefetch_ahead(w3, e, r, r1)
                 wr = w3[e, r]
-                for m in range(m0, m1):
-                    out2[m_out[m], r] = dot(wr, x2[m_x[m]])
+                for m in range(m0, m1, 4):  # the last four repeat the last token
+                    for k in range(4):
+                        xo[k] = m_x[min(m + k, m1 - 1)] * width
+                    dot4(wr, xf, xo, res)
+                    for k in range(min(4, m1 - m)):
+                        out2[m_out[m + k], r] = res[k]
 
         return impl_int
     row = TILE_ROWS.get(t, ROW_KERNELS[t][1])

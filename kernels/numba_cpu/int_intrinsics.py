@@ -1,0 +1,299 @@
+"""The LLVM pieces of the integer row kernels (rows_int.py): unpack a block's codes, integer dot products
+with int8 activations, scaled accumulation -- for NT tokens at once, each token exactly as alone.
+
+Every intrinsic unpacks the weight codes of one 32-element block (or K-quant sub-block) once into 32
+unsigned bytes u, then for each of NT tokens (a literal; 1 for a lone token, 4 for a group) takes the
+8 lanes of 4-byte integer dot products with that token's codes (`vpdpbusd`: u8 x s8, exact int32 sums;
+on hosts without AVX-512 VNNI / AVX-VNNI the same sums in generic IR), subtracts the bias the codes carry
+(Q4_0's 8, Q5_0's 16, Q6_K's 32, Q3_K's 4; Q8_0 and the codebooks are made unsigned by adding 128),
+and accumulates into that token's lanes of a stack accumulator. A token's operations and their order do
+not depend on NT, so a group of tokens gets bit for bit what each gets alone (batch invariance) while
+the unpacking is paid once per group.
+
+Arguments shared by the intrinsics: `x` is the flat uint8 buffer of all packed activation rows
+(activations.pack_q8_32 / pack_q8_k), `xo` a stack int64 array of each token's row offset in it, `xoff`
+the block's byte offset within a row; accumulators are stack arrays (rows_common.stack_f32, `stack_i32`)
+of 8 lanes per token, token t in lanes 8t..8t+7; scales a stack float32/int array of one per token.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils, config, errors
+from numba.extending import intrinsic
+
+from quant import nonlinear as _nonlinear
+
+# How a block's codes are stored (acc_block32's `kind`): nibbles (16 bytes, low = elements 0-15), nibbles
+# plus a high bit from a u32 (Q5_0/Q5_1), int8 bytes (Q8_0), nibbles through a 16-entry codebook.
+NIB, NIB5, BYTE, LUT = 0, 1, 2, 3
+# the codebooks shifted to unsigned bytes (value + 128), for a 16-byte table shuffle
+LUT_IQ4NL = (_nonlinear.KVALUES_IQ4NL.astype(np.int16) + 128).astype(np.uint8)
+LUT_MXFP4 = (_nonlinear.KVALUES_MXFP4.astype(np.int16) + 128).astype(np.uint8)
+
+
+def _host_features() -> set:
+    if config.CPU_NAME or config.CPU_FEATURES:
+        return set()  # compiling for another target: generic IR only
+    try:
+        import llvmlite.binding as ll
+
+        return {f[1:] for f in ll.get_host_cpu_features().flatten().split(",") if f.startswith("+")}
+    except Exception:  # pragma: no cover - feature query unavailable
+        return set()
+
+
+_FEATURES = _host_features()
+HOST_VNNI = ("avx512vnni" in _FEATURES and "avx512vl" in _FEATURES) or "avxvnni" in _FEATURES
+HOST_SSSE3 = "ssse3" in _FEATURES
+
+_I8, _I32, _I64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+_V16, _V32 = ir.VectorType(_I8, 16), ir.VectorType(_I8, 32)
+_I32X8, _F32X8 = ir.VectorType(_I32, 8), ir.VectorType(ir.FloatType(), 8)
+
+
+def _literals(*args):
+    for a in args:
+        if not isinstance(a, types.IntegerLiteral):
+            raise errors.RequireLiteralValue(a)
+    return [a.literal_value for a in args]
+
+
+def _load(builder, arr, off, vty):
+    return builder.load(builder.bitcast(builder.gep(arr.data, [off]), vty.as_pointer()), align=1)
+
+
+def _concat16(builder, a, b):
+    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, 32), list(range(32))))
+
+
+def _splat(builder, value, vty, n):
+    v = builder.insert_element(ir.Constant(vty, ir.Undefined), value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, n), [0] * n))
+
+
+def _table16(builder, table, idx):
+    """table[idx[j]] for 16 byte lanes (idx < 16): pshufb where the host has SSSE3."""
+    if HOST_SSSE3:
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16, [_V16, _V16]),
+                                            "llvm.x86.ssse3.pshuf.b.128")
+        return builder.call(fn, [table, idx])
+    res = ir.Constant(_V16, ir.Undefined)
+    for k in range(16):
+        e = builder.extract_element(idx, ir.Constant(_I32, k))
+        res = builder.insert_element(res, builder.extract_element(table, e), ir.Constant(_I32, k))
+    return res
+
+
+def _dpbusd(builder, u, s):
+    """8 int32 lanes, lane k = sum of u[4k+i] * s[4k+i] (u unsigned, s signed bytes): exact."""
+    if HOST_VNNI:
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I32X8, [_I32X8] * 3),
+                                            "llvm.x86.avx512.vpdpbusd.256")
+        zero = ir.Constant(_I32X8, [0] * 8)
+        return builder.call(fn, [zero, builder.bitcast(u, _I32X8), builder.bitcast(s, _I32X8)])
+    v32 = ir.VectorType(_I32, 32)
+    p = builder.mul(builder.zext(u, v32), builder.sext(s, v32))
+    lanes = [builder.shuffle_vector(p, p, ir.Constant(_I32X8, [4 * k + i for k in range(8)])) for i in range(4)]
+    return builder.add(builder.add(lanes[0], lanes[1]), builder.add(lanes[2], lanes[3]))
+
+
+def _biased_dot(builder, u, xv, bias):
+    dp = _dpbusd(builder, u, xv)
+    if bias:
+        dp = builder.sub(dp, _dpbusd(builder, ir.Constant(_V32, [bias] * 32), xv))
+    return dp
+
+
+class _Args:
+    """The intrinsic's arguments by name, as LLVM values (intp-cast integers, arrays' data pointers)."""
+
+    def __init__(self, context, builder, sig, args, names):
+        self.context, self.builder = context, builder
+        self._v = dict(zip(names, zip(sig.args, args)))
+
+    def array(self, name):
+        ty, v = self._v[name]
+        return self.context.make_array(ty)(self.context, self.builder, v)
+
+    def intp(self, name):
+        ty, v = self._v[name]
+        return self.context.cast(self.builder, v, ty, types.intp)
+
+    def value(self, name, to=None):
+        ty, v = self._v[name]
+        return v if to is None else self.context.cast(self.builder, v, ty, to)
+
+    def element(self, name, t):
+        """Element t of a stack array argument."""
+        a = self.array(name)
+        return self.builder.load(self.builder.gep(a.data, [ir.Constant(_I64, t)]))
+
+
+def _token_codes(a, t, xoff):
+    """The 32 int8 codes of token t's block: x[xo[t] + xoff:...]."""
+    b = a.builder
+    return _load(b, a.array("x"), b.add(a.element("xo", t), xoff), _V32)
+
+
+def _unpack16(a, kind):
+    """u (32 unsigned bytes) of a block stored in 16 bytes at w[woff] (low nibbles are elements 0-15,
+    high 16-31) for NIB, NIB5, LUT; BYTE reads 32 int8 codes and adds 128."""
+    b, w = a.builder, a.array("w")
+    woff = a.intp("woff")
+    if kind == BYTE:
+        return b.xor(_load(b, w, woff, _V32), ir.Constant(_V32, [0x80] * 32))
+    q = _load(b, w, woff, _V16)
+    lo = b.and_(q, ir.Constant(_V16, [15] * 16))
+    hi = b.lshr(q, ir.Constant(_V16, [4] * 16))
+    if kind == LUT:
+        table = _load(b, a.array("tbl"), ir.Constant(_I64, 0), _V16)
+        lo, hi = _table16(b, table, lo), _table16(b, table, hi)
+    u = _concat16(b, lo, hi)
+    if kind == NIB5:
+        qh = _load(b, w, a.intp("aux"), _I32)
+        bits = b.bitcast(qh, ir.VectorType(ir.IntType(1), 32))
+        u = b.or_(u, b.select(bits, ir.Constant(_V32, [16] * 32), ir.Constant(_V32, [0] * 32)))
+    return u
+
+
+def _lanes(a, name, vty, t):
+    return a.builder.bitcast(a.builder.gep(a.array(name).data, [ir.Constant(_I64, 8 * t)]), vty.as_pointer())
+
+
+def _fma8(builder):
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(_F32X8, [_F32X8] * 3), "llvm.fma.v8f32")
+
+
+@intrinsic
+def acc_block32(typingctx, kind, bias, nt, acc, w, woff, aux, tbl, x, xo, xoff, sc):
+    """For each token t < nt: acc[8t:8t+8] += sc[t] * (lanes of sum(u * x_t) - bias * sum(x_t)), one
+    32-element block whose codes are stored as `kind` (literal) at w[woff] (NIB5: qh at w[aux]; LUT:
+    tbl, 16 unsigned bytes). bias, nt: literals."""
+    k, b_, n = _literals(kind, bias, nt)
+    names = ("kind", "bias", "nt", "acc", "w", "woff", "aux", "tbl", "x", "xo", "xoff", "sc")
+
+    def codegen(context, builder, sig, args):
+        a = _Args(context, builder, sig, args, names)
+        u = _unpack16(a, k)
+        xoff = a.intp("xoff")
+        for t in range(n):
+            dp = _biased_dot(builder, u, _token_codes(a, t, xoff), b_)
+            ap = _lanes(a, "acc", _F32X8, t)
+            sv = _splat(builder, a.element("sc", t), _F32X8, 8)
+            builder.store(builder.call(_fma8(builder), [sv, builder.sitofp(dp, _F32X8), builder.load(ap, align=4)]),
+                          ap, align=4)
+        return context.get_dummy_value()
+
+    return types.none(kind, bias, nt, acc, w, woff, aux, tbl, x, xo, xoff, sc), codegen
+
+
+def _int_accumulate(a, t, dp, scale_vec):
+    b = a.builder
+    ap = _lanes(a, "iacc", _I32X8, t)
+    b.store(b.add(b.load(ap, align=4), b.mul(dp, scale_vec)), ap, align=4)
+
+
+@intrinsic
+def iacc_bits32(typingctx, bias, mask, hmask, hpos, nt, iacc, w, woff, shift, hoff, hshift, x, xo, xoff, sc0, sc1):
+    """For each token t < nt: iacc[8t:8t+8] += (sc0 on lanes 0-3, sc1 on lanes 4-7) * (lanes of
+    sum(u * x_t) - bias * sum(x_t)), a K-quant sub-block of 32 whose codes are bit fields of 32 bytes:
+    u[j] = ((w[woff + j] >> shift) & mask) | (((w[hoff + j] >> hshift) & hmask) << hpos) (hmask 0: no
+    high bits). Lanes 0-3 are elements 0-15 and 4-7 elements 16-31, so two 16-element groups with their
+    own scales share a call. bias, mask, hmask, hpos, nt are literals."""
+    b_, m_, hm, hp, n = _literals(bias, mask, hmask, hpos, nt)
+    names = ("bias", "mask", "hmask", "hpos", "nt", "iacc", "w", "woff", "shift", "hoff", "hshift", "x", "xo",
+             "xoff", "sc0", "sc1")
+
+    def codegen(context, builder, sig, args):
+        a = _Args(context, builder, sig, args, names)
+        w = a.array("w")
+
+        def field(off, sh, mask_):
+            shv = _splat(builder, builder.trunc(sh, _I8), _V32, 32)
+            return builder.and_(builder.lshr(_load(builder, w, off, _V32), shv), ir.Constant(_V32, [mask_] * 32))
+
+        u = field(a.intp("woff"), a.intp("shift"), m_)
+        if hm:
+            h = field(a.intp("hoff"), a.intp("hshift"), hm)
+            u = builder.or_(u, builder.shl(h, ir.Constant(_V32, [hp] * 32)))
+        sv = builder.insert_element(ir.Constant(_I32X8, ir.Undefined), a.value("sc0", types.int32), ir.Constant(_I32, 0))
+        sv = builder.insert_element(sv, a.value("sc1", types.int32), ir.Constant(_I32, 1))
+        sv = builder.shuffle_vector(sv, sv, ir.Constant(_I32X8, [0, 0, 0, 0, 1, 1, 1, 1]))
+        xoff = a.intp("xoff")
+        for t in range(n):
+            _int_accumulate(a, t, _biased_dot(builder, u, _token_codes(a, t, xoff), b_), sv)
+        return context.get_dummy_value()
+
+    return types.none(bias, mask, hmask, hpos, nt, iacc, w, woff, shift, hoff, hshift, x, xo, xoff, sc0, sc1), codegen
+
+
+@intrinsic
+def iacc_lut16(typingctx, nt, iacc, w, woff, tbl, x, xo, xoff, sc):
+    """For each token t < nt: iacc[8t:8t+8] += sc * (lanes of sum(tbl[nibble] * x_t) - 128 * sum(x_t)): a
+    codebook sub-block of 32 (IQ4_XS) stored as IQ4_NL's 16 bytes at w[woff], tbl the codebook + 128."""
+    (n,) = _literals(nt)
+    names = ("nt", "iacc", "w", "woff", "tbl", "x", "xo", "xoff", "sc")
+
+    def codegen(context, builder, sig, args):
+        a = _Args(context, builder, sig, args, names)
+        u = _unpack16(a, LUT)
+        sv = _splat(builder, a.value("sc", types.int32), _I32X8, 8)
+        xoff = a.intp("xoff")
+        for t in range(n):
+            _int_accumulate(a, t, _biased_dot(builder, u, _token_codes(a, t, xoff), 128), sv)
+        return context.get_dummy_value()
+
+    return types.none(nt, iacc, w, woff, tbl, x, xo, xoff, sc), codegen
+
+
+@intrinsic
+def flush8(typingctx, nt, acc, iacc, sc):
+    """For each token t < nt: acc[8t:8t+8] += sc[t] * float(iacc[8t:8t+8]); iacc[8t:8t+8] = 0 (a
+    super-block's integer sums, scaled once)."""
+    (n,) = _literals(nt)
+    names = ("nt", "acc", "iacc", "sc")
+
+    def codegen(context, builder, sig, args):
+        a = _Args(context, builder, sig, args, names)
+        for t in range(n):
+            fa, ia = _lanes(a, "acc", _F32X8, t), _lanes(a, "iacc", _I32X8, t)
+            lanes = builder.sitofp(builder.load(ia, align=4), _F32X8)
+            sv = _splat(builder, a.element("sc", t), _F32X8, 8)
+            builder.store(builder.call(_fma8(builder), [sv, lanes, builder.load(fa, align=4)]), fa, align=4)
+            builder.store(ir.Constant(_I32X8, [0] * 8), ia, align=4)
+        return context.get_dummy_value()
+
+    return types.none(nt, acc, iacc, sc), codegen
+
+
+def _stack(ty):
+    @intrinsic
+    def stack(typingctx, n):
+        (size,) = _literals(n)
+
+        def codegen(context, builder, sig, args):
+            return cgutils.alloca_once(builder, context.get_value_type(ty), size=size)
+
+        return types.CPointer(ty)(n), codegen
+
+    return stack
+
+
+stack_i32 = _stack(types.int32)  # `n` int32 on the stack, as rows_common.stack_f32
+stack_i64 = _stack(types.int64)
+
+
+@intrinsic
+def f32_at(typingctx, x, o):
+    """The float32 stored little-endian at x[o:o+4] (uint8 array), as one unaligned load. (Built from
+    four byte loads, LLVM did not always merge them: Q4_K, which reads 16 of x's block sums a
+    super-block, ran at a third of Q6_K's speed.)"""
+    def codegen(context, builder, sig, args):
+        xa = context.make_array(sig.args[0])(context, builder, args[0])
+        off = context.cast(builder, args[1], sig.args[1], types.intp)
+        return builder.load(builder.bitcast(builder.gep(xa.data, [off]), ir.FloatType().as_pointer()), align=1)
+
+    return types.float32(x, o), codegen
