@@ -33,7 +33,7 @@ import numpy as np
 from numba import carray, njit
 
 from .int_intrinsics import (BYTE, LUT, LUT_IQ4NL, LUT_MXFP4, NIB, NIB5, acc_block32, f32_at, flush8, iacc_bits32,
-                             iacc_lut16, stack_i32)
+                             iacc_lut16, mins16, stack_i32)
 from .rows_common import E8M0_HALF, JIT_DOT, f16_at, stack_f32
 
 # the token counts the kernels are built for: a lone token, and the groups of dot_rows_multi
@@ -196,8 +196,7 @@ def _make_dot_k(nt: int, block_bytes: int, kind: str):
                         iacc_bits32(0, 3, 0, 0, nt, iacc, w, o + 16 + 32 * h, 2 * k, o, 0, x, xo,
                                     xb + 128 * h + 32 * k, w[g] & 15, w[g + 1] & 15)
                 for t in range(nt):
-                    for g in range(16):
-                        summ[t] += np.float32(w[o + g] >> 4) * f32_at(x, xo[t] + ob + 4 * (16 * b + g))
+                    summ[t] = mins16(w, o, x, xo[t] + ob + 64 * b)
                 d, dmin = f16_at(w, o + 80), f16_at(w, o + 82)
             elif code == Q3K:
                 for h in range(2):
