@@ -38,16 +38,36 @@ def to_f16(v):
     return np.float32(r if v > 0 else -r)
 
 
+@numba.njit(inline="always")
+def _absmax(x2, r, a, b):
+    """max |x2[r, a:b]| (Q8_0/Q8_1's amax)."""
+    amax = np.float32(0.0)
+    for j in range(a, b):
+        v = abs(x2[r, j])
+        if v > amax:
+            amax = v
+    return amax
+
+
+@numba.njit(inline="always")
+def _signed_absmax(x2, r, a, b):
+    """(max |x2[r, a:b]|, the first value reaching it, with its sign): Q8_K's amax and max."""
+    amax = np.float32(0.0)
+    smax = np.float32(0.0)
+    for j in range(a, b):
+        v = abs(x2[r, j])
+        if v > amax:
+            amax = v
+            smax = x2[r, j]
+    return amax, smax
+
+
 @numba.njit(**_JIT)
 def _round_q8_0(x2, out):
     n_rows, n = x2.shape
     for r in range(n_rows):
         for b in range(0, n, 32):
-            amax = np.float32(0.0)
-            for j in range(b, b + 32):
-                a = abs(x2[r, j])
-                if a > amax:
-                    amax = a
+            amax = _absmax(x2, r, b, b + 32)
             d = to_f16(np.float32(amax / np.float32(127.0)))
             inv = np.float32(127.0) / amax if amax != 0 else np.float32(0.0)
             for j in range(b, b + 32):
@@ -60,11 +80,7 @@ def _round_q8_1(x2, out):
     n_rows, n = x2.shape
     for r in range(n_rows):
         for b in range(0, n, 32):
-            amax = np.float32(0.0)
-            for j in range(b, b + 32):
-                a = abs(x2[r, j])
-                if a > amax:
-                    amax = a
+            amax = _absmax(x2, r, b, b + 32)
             d32 = np.float32(amax / np.float32(127.0))
             d = to_f16(d32)
             inv = np.float32(127.0) / amax if amax != 0 else np.float32(0.0)
@@ -94,13 +110,7 @@ def _round_q8_k(x2, out):
     n_rows, n = x2.shape
     for r in range(n_rows):
         for b in range(0, n, QK_K):
-            amax = np.float32(0.0)
-            smax = np.float32(0.0)
-            for j in range(b, b + QK_K):
-                a = abs(x2[r, j])
-                if a > amax:
-                    amax = a
-                    smax = x2[r, j]
+            amax, smax = _signed_absmax(x2, r, b, b + QK_K)
             if amax == 0:
                 for j in range(b, b + QK_K):
                     out[r, j] = 0.0
@@ -121,11 +131,7 @@ def pack_q8_32_into(x2, out):
         codes = out[r, :n].view(np.int8)
         scales = out[r, n:].view(np.float32)
         for b in range(nb):
-            amax = np.float32(0.0)
-            for j in range(32 * b, 32 * b + 32):
-                a = abs(x2[r, j])
-                if a > amax:
-                    amax = a
+            amax = _absmax(x2, r, 32 * b, 32 * b + 32)
             d32 = np.float32(amax / np.float32(127.0))
             inv = np.float32(127.0) / amax if amax != 0 else np.float32(0.0)
             q_sum = np.float32(0.0)
@@ -173,13 +179,7 @@ def pack_q8_k_into(x2, out):
         bsums = out[r, n + 4 * nbk:].view(np.float32)
         for b in range(nbk):
             o = QK_K * b
-            amax = np.float32(0.0)
-            smax = np.float32(0.0)
-            for j in range(o, o + QK_K):
-                a = abs(x2[r, j])
-                if a > amax:
-                    amax = a
-                    smax = x2[r, j]
+            amax, smax = _signed_absmax(x2, r, o, o + QK_K)
             if amax == 0:
                 scales[b] = 0.0
                 for j in range(o, o + QK_K):
