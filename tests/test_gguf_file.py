@@ -100,6 +100,16 @@ def test_tensors_are_zero_copy_views_of_the_map(tiny):
     assert np.shares_memory(q.data, g.parts[0].buffer)
 
 
+def test_prefetch_advises_the_data_region_and_changes_nothing(tiny):
+    """Loading a model asks for the tensor data ahead (madvise WILLNEED, as llama.cpp's loader): on
+    Linux it succeeds, and the tensors read the same afterwards."""
+    path, _ = tiny
+    g = GGUF.open(path)
+    before = g.tensor("token_embd.weight").data.copy()
+    assert g.prefetch() is True
+    np.testing.assert_array_equal(g.tensor("token_embd.weight").data, before)
+
+
 def test_custom_alignment(tmp_path):
     path = tmp_path / "aligned.gguf"
     written = write_tiny(path, alignment=64)
