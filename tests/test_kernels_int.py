@@ -79,11 +79,11 @@ def exact_product(w, xq_row, k: bool) -> np.ndarray:
     wd = w.dequantize().astype(np.float64)
     blk = 256 if k else 32
     if w.qtype in (GGMLType.Q4_1, GGMLType.Q5_1):
-        # llama.cpp multiplies m by x's stored f16 block sum rather than by d_x * sum(codes)
-        from quant.activations import WITH_OFFSETS  # noqa: F401 (the types that take block sums)
-        m = np.array([[np.frombuffer(w.data.reshape(w.shape[0], -1)[r, o + 2:o + 4].tobytes(), np.float16)[0]
-                       for o in range(0, w.data.reshape(w.shape[0], -1).shape[1], quant_type(w.qtype).block_bytes)]
-                      for r in range(w.shape[0])], np.float64)
+        # y = d * q + m: llama.cpp multiplies m by x's stored f16 block sum, not by d_x * sum(codes)
+        rows = w.data.reshape(w.shape[0], -1)
+        step = quant_type(w.qtype).block_bytes
+        m = np.stack([rows[:, o + 2:o + 4].copy().view(np.float16)[:, 0] for o in range(0, rows.shape[1], step)],
+                     axis=1).astype(np.float64)
         wd_no_m = wd - np.repeat(m, 32, axis=1)
         per_block = (wd_no_m * codes).reshape(w.shape[0], -1, 32).sum(-1) * d
         return per_block.sum(-1) + (m * sums).sum(-1)
