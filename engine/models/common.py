@@ -428,7 +428,7 @@ class DecoderModel:
 
     def __init__(self, gguf: GGUF, backend, place: Placement | None = None):
         self.p = p = self.Params.from_gguf(gguf)
-        getattr(gguf, "prefetch", lambda: False)()  # read the tensor data ahead while the weights are prepared
+        gguf.prefetch()  # read the tensor data ahead while the weights are prepared
         self.place = place or Placement(backend, p.n_layer)
         self.w = w = Weights(gguf, self.place, p.n_layer)
         self.token_embd = w.get("token_embd.weight")

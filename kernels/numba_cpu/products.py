@@ -62,7 +62,8 @@ from quant import GGMLType, QTensor  # noqa: E402
 
 from ..base import KernelError  # noqa: E402
 from . import pool, rows_float, rows_int, rows_k, rows_legacy  # noqa: E402
-from .activations import for_weight, pack_q8_32, pack_q8_32_into, pack_q8_k, pack_q8_k_into, q8_32_width, q8_k_width  # noqa: E402
+from .activations import (for_weight, pack_q8_32, pack_q8_32_into, pack_q8_k, pack_q8_k_into,  # noqa: E402
+                          q8_32_width, q8_k_width)
 from .int_intrinsics import stack_i64  # noqa: E402
 from .rows_common import FM_DOT, prefetch, slp_compile_scope, stack_f32  # noqa: E402
 from .rows_float import tile_dot44  # noqa: E402
