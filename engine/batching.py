@@ -22,10 +22,13 @@ Steps:
     sequences in it, never the scheduler.
 
 KV cache: per-sequence regions. Each slot's cache is its region of the model's pool (`-c` in all,
-`n_ctx / parallel` a slot, as llama-server divides it); a step's attention runs per sequence over its
-own region (`BatchCache.attend`), the products over all rows at once. Regions rather than paged
-blocks: the attention kernels of every backend already take one contiguous cache, and a prefix is
-shared by choosing the slot that holds it (engine/server/slots.py) rather than by block tables.
+`n_ctx / parallel` a slot, as llama-server divides it; models/common.py KVPool). Where the backend
+takes attention spans (the CPU backends), a step writes every sequence's keys and values with one
+`kv_scatter` a layer and runs one attention call over the pool, each query token limited to its own
+region; elsewhere (the devices, for now) attention runs per sequence over its region. The products run
+over all rows at once. Regions rather than paged blocks: the attention kernels already take one
+contiguous cache, and a prefix is shared by choosing the slot that holds it (engine/server/slots.py)
+rather than by block tables.
 
 Batch invariance: products group a pass's rows by role through `path` (kernels/base.py): decode rows
 with "rows", prompt rows with "tiles", so each row is computed exactly as it is in a pass of any other
@@ -91,6 +94,15 @@ class BatchCache:
     def __init__(self, works: list[Work], exact: bool = True):
         self.works, self.exact = works, exact
         self.n_decode = sum(1 for w in works if w.decode)  # the decode rows lead (see BatchScheduler._choose)
+        # sequences that are all regions of one KVPool share one KV write and one attention call a layer
+        pool = getattr(works[0].cache, "pool", None) if works else None
+        self.pool = pool if pool is not None and all(getattr(w.cache, "pool", None) is pool for w in works) else None
+        if self.pool is not None:
+            c = [w.cache for w in works]
+            n = [len(w.tokens) for w in works]
+            self.rows = np.concatenate([np.arange(x.base + x.n_past, x.base + x.n_past + k) for x, k in zip(c, n)])
+            self.lo = np.repeat([x.base for x in c], n).astype(np.int64)          # each token's region
+            self.hi = np.repeat([x.base + x.n_past + k for x, k in zip(c, n)], n).astype(np.int64)  # ..its end
 
     def check_room(self, n: int):
         for w in self.works:
@@ -105,6 +117,11 @@ class BatchCache:
         return _Rows(be, self.n_decode) if self.exact else be
 
     def attend(self, layer: int, be, q, k, v, pos, **kw):
+        if self.pool is not None:  # one write and one attention call for all (KVPool)
+            pk, pv = self.pool.k[layer], self.pool.v[layer]
+            be.kv_scatter(pk, k, self.rows)
+            be.kv_scatter(pv, v, self.rows)
+            return be.attention(q, pk, pv, pos, kv_pos=self.pool.kv_pos, spans=(self.lo, self.hi), **kw)
         out, a = [], 0
         for w in self.works:
             b = a + len(w.tokens)
@@ -305,8 +322,8 @@ def batched_slots(engine, parallel: int, budget: int = 512, exact: bool = True) 
         raise ValueError(f"a context of {engine.n_ctx} cannot be divided among {parallel} slots")
     sched = BatchScheduler(engine.model, budget, exact=exact)
     slots = []
-    for _ in range(parallel):
-        e = type(engine)(engine.gguf, engine.model, engine.backend, engine.tokenizer, n_ctx)
+    for cache in engine.model.new_caches(n_ctx, parallel):
+        e = type(engine)(engine.gguf, engine.model, engine.backend, engine.tokenizer, n_ctx, cache)
         e.model.n_ctx = engine.n_ctx  # the served context (Phi-3 picks its RoPE factors by it), not a slot's
         sched.attach(e.cache)
         slots.append(e)

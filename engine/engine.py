@@ -74,10 +74,10 @@ class Piece:
 
 
 class Engine:
-    def __init__(self, gguf: GGUF, model, backend, tokenizer, n_ctx: int):
+    def __init__(self, gguf: GGUF, model, backend, tokenizer, n_ctx: int, cache=None):
         self.gguf, self.model, self.backend, self.tokenizer, self.n_ctx = gguf, model, backend, tokenizer, n_ctx
         model.n_ctx = n_ctx  # the context served, as llama.cpp's n_ctx (Phi-3's LongRoPE picks its factors by it)
-        self.cache = model.new_cache(n_ctx)
+        self.cache = cache if cache is not None else model.new_cache(n_ctx)  # given: a slot's region of a pool
         self.cached_tokens: list[int] = []  # what `cache` holds, for prefix reuse
         self._aligned = 0  # cached positions computed in whole batches aligned as a cold run's
         self._template = None

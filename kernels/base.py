@@ -64,6 +64,10 @@ class Backend(Protocol):
     # --- KV cache: rows are positions; the device backends write in place from device positions
     def new_kv(self, n_ctx: int, n_head_kv: int, head_dim: int) -> Any: ...
     def kv_store(self, cache, x, pos) -> Any: ...           # returns what attention may read
+    # True where several sequences may share one pooled cache (engine/batching.py): `kv_scatter` writes a
+    # batch's rows anywhere in it and attention's `spans` give each query token its sequence's rows
+    attention_spans: bool
+    def kv_scatter(self, cache, x, rows) -> None: ...       # (only where attention_spans)
 
     # --- mixture of experts, routed where the activations live (ids never visit the host on a GPU)
     def moe_route(self, logits, n_used: int, gating: str = "softmax", norm: bool = True) -> tuple: ...
@@ -80,7 +84,8 @@ class Backend(Protocol):
     def swiglu_oai(self, gate, up, alpha: float, limit: float) -> Any: ...  # gpt-oss's clamped SwiGLU
     def softcap(self, x, cap: float) -> Any: ...            # tanh(x / cap) * cap
     def attention(self, q, k, v, q_pos, *, scale: float, window: int = 0, sinks=None, kv_pos=None,
-                  softcap: float = 0.0) -> Any: ...        # softcap: Gemma 2's cap*tanh(q.k/cap)
+                  softcap: float = 0.0, spans=None) -> Any: ...  # softcap: Gemma 2's cap*tanh(q.k/cap);
+    # spans (lo, hi): token t attends over cache rows lo[t]..hi[t]-1 only (where attention_spans)
 
 
 ACTIVATION_MODES = {

@@ -175,6 +175,19 @@ def check_attention(q, k, v):
         raise ValueError(f"n_head {n_head} is not a multiple of n_head_kv {n_head_kv}")
 
 
+def check_spans(spans, n_tok: int, n_kv: int) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) int64 per query token: the cache rows [lo, hi) it attends over. `spans` None: every row
+    (one sequence's cache); else the regions of the sequences of a batch in one pooled cache."""
+    if spans is None:
+        return np.zeros(n_tok, np.int64), np.full(n_tok, n_kv, np.int64)
+    lo, hi = (np.ascontiguousarray(np.asarray(a).reshape(-1), dtype=np.int64) for a in spans)
+    if lo.shape[0] != n_tok or hi.shape[0] != n_tok:
+        raise ValueError(f"attention: spans for {lo.shape[0]}/{hi.shape[0]} tokens, not {n_tok}")
+    if n_tok and (lo.min() < 0 or hi.max() > n_kv or np.any(lo > hi)):
+        raise ValueError(f"attention: spans outside the cache's {n_kv} rows")
+    return lo, hi
+
+
 class NumpyOps:
     """Elementwise ops and attention on float32 NumPy arrays (mixin of the NumPy backend)."""
 
@@ -218,6 +231,14 @@ class NumpyOps:
             raise ValueError("kv_store: the CPU cache takes consecutive positions")
         cache[start:end] = self.round_kv(np.asarray(x, F32))
         return cache[:end]
+
+    # attention(..., spans=) takes the sequences of a batch in one pooled cache (engine/batching.py)
+    attention_spans = True
+
+    def kv_scatter(self, cache: np.ndarray, x, rows) -> None:
+        """Write x (n_tok, n_head_kv, d) at cache rows `rows` (any), rounded as kv_store rounds: the
+        tokens of several sequences of one batch into their regions of a pooled cache."""
+        cache[np.asarray(rows).reshape(-1)] = self.round_kv(np.asarray(x, F32))
 
     def moe_route(self, logits, n_used: int, gating: str = "softmax", norm: bool = True):
         """Choose `n_used` experts per token: (ids int32 (n_tok, k), weights f32 (n_tok, k)).
@@ -317,7 +338,7 @@ class NumpyOps:
             return (x / (F32(1.0) + np.exp(F32(alpha) * -x))) * (y + F32(1.0))
 
     def attention(self, q, k, v, q_pos, *, scale: float, window: int = 0, sinks=None, kv_pos=None,
-                  softcap: float = 0.0):
+                  softcap: float = 0.0, spans=None):
         q, k, v = (np.asarray(a, F32) for a in (q, k, v))
         check_attention(q, k, v)
         half = self.half_attention
@@ -330,6 +351,10 @@ class NumpyOps:
         kv_pos = np.arange(n_kv, dtype=np.int64) if kv_pos is None else np.asarray(kv_pos, np.int64).reshape(-1)
         sk = None if sinks is None else np.asarray(sinks, F32).reshape(n_head)
         vis = attention_mask(q_pos, kv_pos, int(window or 0))
+        if spans is not None:
+            lo, hi = check_spans(spans, n_tok, n_kv)
+            rows = np.arange(n_kv)
+            vis &= (rows[None, :] >= lo[:, None]) & (rows[None, :] < hi[:, None])
         out = np.empty((n_tok, n_head, dv), F32)
         kt = k.transpose(1, 2, 0)                      # (n_head_kv, d, n_kv)
         vt = v.transpose(1, 0, 2)                      # (n_head_kv, n_kv, dv)
@@ -364,4 +389,4 @@ class NumpyOps:
         return out
 
 
-__all__ = ["GELU_F16_TABLE", "NumpyOps", "attention_mask", "rope_corr_dims", "rope_cos_sin", "rope_scalars"]
+__all__ = ["GELU_F16_TABLE", "NumpyOps", "attention_mask", "check_spans", "rope_corr_dims", "rope_cos_sin", "rope_scalars"]

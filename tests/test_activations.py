@@ -125,3 +125,19 @@ def test_backends_round_unless_asked_for_f32(backend):
     assert not np.allclose(rounded, exact, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="activations"):
         backend(activations="int4")
+
+
+def test_f16_rounding_is_numpys_bit_for_bit():
+    """to_f16 (the F16C conversions where the host has them, by hand elsewhere) rounds as NumPy's
+    float32 -> float16 -> float32: ties to even, subnormals, overflow to inf, signed zeros."""
+    from kernels.numba_cpu.activations import f16_rounded
+
+    r = np.random.default_rng(5)
+    bits = r.integers(0, 2**32, 1 << 20, dtype=np.uint64).astype(np.uint32)
+    edges = np.array([65504.0, 65519.0, 65520.0, -65520.0, 6.1035156e-05, 2.9802322e-08, 2.9802326e-08,
+                      5.9604645e-08, 1e-9, 0.0, -0.0, np.inf, -np.inf], np.float32)
+    x = np.concatenate([bits.view(np.float32), edges])
+    x = x[~np.isnan(x)]
+    with np.errstate(over="ignore"):
+        want = x.astype(np.float16).astype(np.float32)
+    np.testing.assert_array_equal(f16_rounded(x).view(np.uint32), want.view(np.uint32))

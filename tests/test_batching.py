@@ -171,3 +171,32 @@ def test_device_backends_run_the_batched_step(tiny_gpt_oss_path, be_name):
     assert slots[0].cache.scheduler.batch_invariant is False
     out = run_all(slots, [[1, 2, 3], [4, 5], [6, 7, 8, 9]], max_tokens=6, temperature=0)
     assert all(1 <= len(t) <= 6 for t in out)
+
+
+@pytest.mark.parametrize("which", ["real", "gpt_oss"])
+def test_pooled_cache_step_is_each_sequence_alone(real_model_path, tiny_gpt_oss_path, which):
+    """Slots of a KVPool (CPU): one kv_scatter and one attention call a layer over the pool, each token
+    limited to its sequence's region by spans, give every sequence bit for bit the logits it gets in a
+    cache of its own (Gemma 3's sliding windows and gpt-oss's sinks included; decode tokens and a
+    prompt chunk in one step; the regions hold another sequence's stale rows past their ends)."""
+    path = real_model_path if which == "real" else tiny_gpt_oss_path
+    eng = Engine.load(path, n_ctx=512, backend="cpu", n_threads=2)
+    m = eng.model
+    a, b, c = m.new_caches(64, 3)
+    assert a.pool is b.pool is c.pool and (a.base, b.base, c.base) == (0, 64, 128)
+    m.forward(list(range(1, 41)), c)  # stale rows in c's region, then forgotten
+    c.truncate(0)
+    m.forward([1, 2, 3, 4, 5], a)
+    m.forward([6, 7], b)
+    works = [Work(a, [9], True, "last"), Work(b, [10], True, "last"), Work(c, [11, 12, 13, 14, 15, 16], False, "all")]
+    bc = BatchCache(works)
+    assert bc.pool is a.pool
+    got = eng.backend.to_numpy(m.forward([9, 10, 11, 12, 13, 14, 15, 16], bc))
+    ra, rb, rc = m.new_cache(64), m.new_cache(64), m.new_cache(64)
+    assert ra.pool is None
+    m.forward([1, 2, 3, 4, 5], ra)
+    m.forward([6, 7], rb)
+    want = np.concatenate([eng.backend.to_numpy(m.forward(t, r, last_only=last)) for t, r, last in
+                           (([9], ra, True), ([10], rb, True), ([11, 12, 13, 14, 15, 16], rc, False))])
+    assert got.shape == want.shape == (8, m.p.n_vocab)
+    np.testing.assert_array_equal(got, want)

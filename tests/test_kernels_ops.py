@@ -550,3 +550,43 @@ def test_attention_as_llama_cpp_rounds_q_and_probabilities_to_f16(case, fast):
     got = fast.attention(q, k16, v16, q_pos, **kw)
     assert_rel(got, want, 2e-3)
     assert np.mean(~np.isclose(got, want, rtol=2e-6, atol=2e-6 * np.abs(want).max())) < 0.05
+
+
+@pytest.mark.parametrize("half", [False, True])
+@pytest.mark.parametrize("window,with_sinks", [(0, False), (4, True)])
+def test_attention_spans_are_each_sequence_alone(fast, half, window, with_sinks):
+    """Three sequences in one pooled cache (regions of 16 rows, kv_pos their positions within it, stale
+    rows past each sequence's end), one call with spans: each token gets bit for bit (Numba) what
+    its sequence's own cache gives it, in a call of its own; the NumPy reference agrees to rounding.
+    kv_scatter writes a batch's rows anywhere in the pool, rounded as kv_store rounds."""
+    r = rng(31)
+    n_head, n_head_kv, hd, n = 6, 2, 32, 16
+    ends = [5, 12, 9]                             # positions filled in each region after this step
+    new = [1, 3, 1]                               # this step's tokens of each: decode, chunk, decode
+    mode = {"activations": "llama.cpp" if half else "f32"}
+    be = type("SpansNumba", (type(fast),), mode)()
+    ref = type("SpansNumpy", (NumpyOps,), mode)()
+    pk, pv = be.new_kv(3 * n, n_head_kv, hd), be.new_kv(3 * n, n_head_kv, hd)
+    be.kv_scatter(pk, randn(r, 3 * n, n_head_kv, hd), np.arange(3 * n))   # stale everywhere
+    be.kv_scatter(pv, randn(r, 3 * n, n_head_kv, hd), np.arange(3 * n))
+    assert np.array_equal(pk, be.round_kv(pk))
+    kv_pos = np.tile(np.arange(n), 3)
+    k_new, v_new = randn(r, sum(new), n_head_kv, hd), randn(r, sum(new), n_head_kv, hd)
+    rows = np.concatenate([np.arange(s * n + e - m, s * n + e) for s, (e, m) in enumerate(zip(ends, new))])
+    be.kv_scatter(pk, k_new, rows)
+    be.kv_scatter(pv, v_new, rows)
+    q = randn(r, sum(new), n_head, hd)
+    q_pos = np.concatenate([np.arange(e - m, e) for e, m in zip(ends, new)])
+    lo = np.repeat([s * n for s in range(3)], new)
+    hi = np.repeat([s * n + e for s, e in enumerate(ends)], new)
+    sinks = randn(r, n_head) if with_sinks else None
+    kw = dict(scale=0.2, window=window, sinks=sinks)
+    got = be.attention(q, pk, pv, q_pos, kv_pos=kv_pos, spans=(lo, hi), **kw)
+    a = 0
+    for s, (e, m) in enumerate(zip(ends, new)):
+        alone = be.attention(q[a:a + m], pk[s * n:s * n + e], pv[s * n:s * n + e], q_pos[a:a + m], **kw)
+        np.testing.assert_array_equal(got[a:a + m], alone)
+        a += m
+    assert_rel(ref.attention(q, pk, pv, q_pos, kv_pos=kv_pos, spans=(lo, hi), **kw), got, 2e-3 if half else 1e-5)
+    with pytest.raises(ValueError, match="spans"):
+        be.attention(q, pk, pv, q_pos, kv_pos=kv_pos, spans=(lo, hi + 3 * n), **kw)

@@ -230,12 +230,20 @@ class KVCache:
     advances it.
     """
 
+    pool: KVPool | None = None  # the pooled cache this one is a region of (batched serving), if any
+    base = 0                     # the first row of that region
+
     def __init__(self, place: Placement, n_layer: int, n_ctx: int, n_head_kv: int, head_dim_k: int,
-                 head_dim_v: int):
+                 head_dim_v: int, pool: KVPool | None = None, base: int = 0):
         self.n_ctx, self.n_past = n_ctx, 0
         self.backends = place.layers
-        self.k = [be.new_kv(n_ctx, n_head_kv, head_dim_k) for be in self.backends]
-        self.v = [be.new_kv(n_ctx, n_head_kv, head_dim_v) for be in self.backends]
+        if pool is None:
+            self.k = [be.new_kv(n_ctx, n_head_kv, head_dim_k) for be in self.backends]
+            self.v = [be.new_kv(n_ctx, n_head_kv, head_dim_v) for be in self.backends]
+        else:  # rows base..base+n_ctx-1 of the pool's arrays (views: writes land in the pool)
+            self.pool, self.base = pool, base
+            self.k = [a[base:base + n_ctx] for a in pool.k]
+            self.v = [a[base:base + n_ctx] for a in pool.v]
 
     def check_room(self, n_new: int):
         if self.n_past + n_new > self.n_ctx:
@@ -272,6 +280,27 @@ class KVCache:
     def truncate(self, n: int):
         """Forget positions >= n (prefix reuse: keep a shared prompt prefix, recompute the rest)."""
         self.n_past = min(self.n_past, n)
+
+
+class KVPool:
+    """One cache array per layer for the sequences of a batch scheduler's slots: slot s owns rows
+    s*n_ctx..(s+1)*n_ctx-1 (`caches()`: a KVCache over each region). A batched step then writes every
+    sequence's keys and values with one `kv_scatter` and runs one attention call over the pool, each
+    query token limited to its sequence's rows by `spans`, instead of a store and an attention call per
+    sequence and layer. `kv_pos[j]` is row j's position within its sequence, so a token sees the rows
+    it sees in its own cache, in the same order: the same scores and sums as alone."""
+
+    def __init__(self, place: Placement, n_seq: int, n_ctx: int, n_head_kv: int, head_dim_k: int, head_dim_v: int):
+        self.place, self.n_seq, self.n_ctx = place, n_seq, n_ctx
+        self.shape = (n_head_kv, head_dim_k, head_dim_v)
+        self.k = [be.new_kv(n_seq * n_ctx, n_head_kv, head_dim_k) for be in place.layers]
+        self.v = [be.new_kv(n_seq * n_ctx, n_head_kv, head_dim_v) for be in place.layers]
+        self.kv_pos = np.tile(np.arange(n_ctx, dtype=np.int64), n_seq)
+
+    def caches(self) -> list[KVCache]:
+        nh, dk, dv = self.shape
+        return [KVCache(self.place, len(self.k), self.n_ctx, nh, dk, dv, pool=self, base=s * self.n_ctx)
+                for s in range(self.n_seq)]
 
 
 class ContextFull(ValueError):
@@ -458,6 +487,14 @@ class DecoderModel:
     def new_cache(self, n_ctx: int) -> KVCache:
         p = self.p
         return KVCache(self.place, p.n_layer, n_ctx, p.n_head_kv, p.head_dim, p.head_dim)
+
+    def new_caches(self, n_ctx: int, n: int) -> list[KVCache]:
+        """`n` caches of `n_ctx` positions for the slots of a batch scheduler: regions of one KVPool
+        where every backend takes attention spans, separate caches elsewhere."""
+        if n > 1 and all(getattr(be, "attention_spans", False) for be in self.place.backends()):
+            p = self.p
+            return KVPool(self.place, n, n_ctx, p.n_head_kv, p.head_dim, p.head_dim).caches()
+        return [self.new_cache(n_ctx) for _ in range(n)]
 
     def forward(self, tokens, cache: KVCache, last_only: bool = True, embeddings: bool = False):
         """Run `tokens` (n_tok,) at cache positions n_past..; return logits (1 or n_tok, n_vocab), or

@@ -47,6 +47,7 @@ class DeviceBackend(ProductOps, AttentionOps, GraphOps):
     # not yet: column slices of a product's device array would need kernels that take strided rows
     # (and a GPU session to measure them); the products stay separate on the devices
     fuses_products = False
+    attention_spans = False  # a batch's sequences keep their own caches: attention runs per sequence
 
     def __init__(self, runtime, n_threads: int | None = None, activations: str = "llama.cpp"):
         self.rt = runtime

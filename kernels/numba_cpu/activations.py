@@ -19,12 +19,17 @@ import numpy as np
 from quant import QK_K
 from quant.activations import BF16, F16, NONE, Q8_K, WITH_OFFSETS, round_bf16, vec_dot_type
 
+from .int_intrinsics import HOST_F16C, f16_round
+
 _JIT = dict(nogil=True, cache=True, fastmath=False)
 
 
 @numba.njit(inline="always", **_JIT)
 def to_f16(v):
-    """float32 -> nearest f16 (ties to even; beyond 65504 + half a step: inf) -> float32."""
+    """float32 -> nearest f16 (ties to even; beyond 65504 + half a step: inf) -> float32: the F16C
+    conversions where the host has them (f16_round), the same rounding by hand elsewhere."""
+    if HOST_F16C:  # a global: folded at compile time
+        return f16_round(v)
     if v == 0.0 or not math.isfinite(v):
         return np.float32(v)
     a = abs(np.float64(v))
@@ -211,6 +216,20 @@ def pack_q8_k(x: np.ndarray) -> np.ndarray:
     return out
 
 
+@numba.njit(**_JIT)
+def _f16_rounded(x, out):
+    for i in range(x.shape[0]):
+        out[i] = to_f16(x[i])
+
+
+def f16_rounded(x) -> np.ndarray:
+    """x rounded to f16 and back, as float32 (NumPy's astype pair, ~4 ns a value, done by F16C)."""
+    x = np.ascontiguousarray(x, np.float32)
+    out = np.empty_like(x)
+    _f16_rounded(x.reshape(-1), out.reshape(-1))
+    return out
+
+
 def round_like_llama_cpp(x: np.ndarray, weight_type) -> np.ndarray:
     """Same contract as `quant.activations.round_like_llama_cpp`; returns a new float32 array."""
     kind = vec_dot_type(weight_type)
@@ -218,7 +237,7 @@ def round_like_llama_cpp(x: np.ndarray, weight_type) -> np.ndarray:
         return x
     x = np.ascontiguousarray(x, np.float32)
     if kind == F16:
-        return x.astype(np.float16).astype(np.float32)
+        return f16_rounded(x)
     if kind == BF16:
         return round_bf16(x)
     block = QK_K if kind == Q8_K else 32

@@ -48,10 +48,25 @@ def _host_features() -> set:
 _FEATURES = _host_features()
 HOST_VNNI = ("avx512vnni" in _FEATURES and "avx512vl" in _FEATURES) or "avxvnni" in _FEATURES
 HOST_SSSE3 = "ssse3" in _FEATURES
+HOST_F16C = "f16c" in _FEATURES
 
 _I8, _I32, _I64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
 _V16, _V32 = ir.VectorType(_I8, 16), ir.VectorType(_I8, 32)
 _I32X8, _F32X8 = ir.VectorType(_I32, 8), ir.VectorType(ir.FloatType(), 8)
+
+
+@intrinsic
+def f16_round(typingctx, v):
+    """float32 -> nearest f16 -> float32 as two conversions (`vcvtps2ph`/`vcvtph2ps` with F16C: IEEE
+    round to nearest even, subnormals and overflow to inf included). Only where HOST_F16C: elsewhere
+    LLVM would call a runtime helper the JIT may not link (activations.to_f16 computes it by hand there)."""
+    if v != types.float32:
+        raise errors.TypingError(f"f16_round takes a float32, not {v}")
+
+    def codegen(context, builder, sig, args):
+        return builder.fpext(builder.fptrunc(args[0], ir.HalfType()), ir.FloatType())
+
+    return types.float32(types.float32), codegen
 
 
 def _literals(*args):

@@ -29,13 +29,14 @@ from numba import njit, prange
 
 from ..base import RopeParams
 from . import pool
-from .activations import to_f16
+from .activations import f16_rounded, to_f16
 from .rows_common import as_f32
 from ..ops_numpy import (
     GELU_F16_TABLE,
     NumpyOps,
     check_attention,
     check_rope,
+    check_spans,
     rope_freq_factors,
     rope_scalars,
 )
@@ -329,8 +330,8 @@ def _attn_chunk(q, k, v, t, g, group, j0, j1, qp, kv_pos, scale, window, m, l, a
             sk = sinks[g * group + r] if has_sinks else NEG_INF
             mx = max(mr, sk)
             tot = 0.0
-            for p in range(nv):
-                e = np.exp(s[r, p] - mx)
+            for p in range(nv):  # ggml's vectorized expf (ggml_v_expf) is no libm expf either
+                e = _exp(s[r, p] - mx)
                 s[r, p] = e
                 tot += np.float64(e)
             if has_sinks:
@@ -354,8 +355,8 @@ def _attn_chunk(q, k, v, t, g, group, j0, j1, qp, kv_pos, scale, window, m, l, a
 
 
 @njit(**_JIT_FAST)
-def _attn_item(it, q, k, v, q_pos, kv_pos, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf, p16,
-               softcap):
+def _attn_item(it, q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf,
+               p16, softcap):
     n_tok, n_head = q.shape[0], q.shape[1]
     n_kv, n_head_kv = k.shape[0], k.shape[1]
     d_v = v.shape[2]
@@ -367,9 +368,11 @@ def _attn_item(it, q, k, v, q_pos, kv_pos, scale, window, sinks, has_sinks, n_ch
     # zigzag over tokens: prange splits items into contiguous ranges, and with a causal mask late
     # tokens cost more; pairing early and late tokens balances the threads.
     t = ti // 2 if ti % 2 == 0 else n_tok - 1 - ti // 2
-    csize = (n_kv + n_chunks - 1) // n_chunks
-    j0 = min(n_kv, c * csize)
-    j1 = min(n_kv, j0 + csize)
+    # token t sees cache rows [lo[t], hi[t]) (its sequence's region of a pooled cache; the whole cache
+    # alone), in n_chunks pieces
+    csize = (hi[t] - lo[t] + n_chunks - 1) // n_chunks
+    j0 = min(hi[t], lo[t] + c * csize)
+    j1 = min(hi[t], j0 + csize)
     m = np.empty(group, np.float32)
     l = np.empty(group, np.float64)
     acc = np.empty((group, d_v), np.float32)
@@ -407,19 +410,21 @@ def _attn_item(it, q, k, v, q_pos, kv_pos, scale, window, sinks, has_sinks, n_ch
 
 
 @njit(parallel=True, **_JIT)
-def _attn_par(q, k, v, q_pos, kv_pos, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf, p16, softcap):
+def _attn_par(q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf, p16,
+              softcap):
     n_items = q.shape[0] * k.shape[1] * n_chunks
     for it in prange(n_items):
-        _attn_item(np.int64(it), q, k, v, q_pos, kv_pos, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf,
-                   abuf, p16, softcap)
+        _attn_item(np.int64(it), q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, has_sinks, n_chunks, out, mbuf,
+                   lbuf, abuf, p16, softcap)
 
 
 @njit(**_JIT)
-def _attn_ser(q, k, v, q_pos, kv_pos, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf, p16, softcap):
+def _attn_ser(q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf, p16,
+              softcap):
     n_items = q.shape[0] * k.shape[1] * n_chunks
     for it in range(n_items):
-        _attn_item(it, q, k, v, q_pos, kv_pos, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf, p16,
-                   softcap)
+        _attn_item(it, q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf,
+                   p16, softcap)
 
 
 @njit(parallel=True, **_JIT_FAST)
@@ -462,6 +467,9 @@ class NumbaOps(NumpyOps):
     """NumpyOps with Numba kernels for the ops a forward pass spends its time in."""
 
     _warmed = False
+
+    def round_kv(self, x):
+        return f16_rounded(x) if self.half_attention else x
 
     def _warm(self) -> None:
         """Before the first op: if a helper is compiling op kernels (warm.py), compile the products of
@@ -562,7 +570,7 @@ class NumbaOps(NumpyOps):
         return max(1, min(-(-4 * nt // n_items), n_kv // 256))
 
     def attention(self, q, k, v, q_pos, *, scale: float, window: int = 0, sinks=None, kv_pos=None,
-                  softcap: float = 0.0):
+                  softcap: float = 0.0, spans=None):
         self._warm()
         q, k, v = _f32c(q), _f32c(k), _f32c(v)
         check_attention(q, k, v)
@@ -584,9 +592,11 @@ class NumbaOps(NumpyOps):
             return out
         p16 = self.half_attention
         if p16:  # ggml without flash attention: f16 Q (K and V are stored in f16: round_kv)
-            q = q.astype(np.float16).astype(np.float32)
-        parallel = self._parallel(n_tok * n_head * max(n_kv, 1) * (d_k + d_v))
-        n_chunks = 1 if p16 else self._kv_chunks(n_tok * n_head_kv, n_kv, parallel)
+            q = f16_rounded(q)
+        lo, hi = check_spans(spans, n_tok, n_kv)
+        seen = int(np.sum(hi - lo)) if spans is not None else n_tok * n_kv  # the (token, kv row) pairs
+        parallel = self._parallel(n_head * max(seen, 1) * (d_k + d_v))
+        n_chunks = 1 if p16 or spans is not None else self._kv_chunks(n_tok * n_head_kv, n_kv, parallel)
         if n_chunks > 1:
             mbuf = np.empty((n_tok, n_head, n_chunks), np.float32)
             lbuf = np.empty((n_tok, n_head, n_chunks), np.float64)
@@ -596,8 +606,8 @@ class NumbaOps(NumpyOps):
             lbuf = np.empty((1, 1, 1), np.float64)
             abuf = np.empty((1, 1, 1, 1), np.float32)
         kern = _attn_par if parallel else _attn_ser
-        kern(q, k, v, qp, kp, np.float32(scale), np.int64(window or 0), sk, has_sinks, n_chunks, out, mbuf, lbuf, abuf, p16,
-             np.float32(softcap or 0.0))
+        kern(q, k, v, qp, kp, lo, hi, np.float32(scale), np.int64(window or 0), sk, has_sinks, n_chunks, out, mbuf, lbuf,
+             abuf, p16, np.float32(softcap or 0.0))
         if n_chunks > 1:
             _attn_combine(mbuf, lbuf, abuf, sk, has_sinks, out)
         return out
