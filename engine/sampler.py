@@ -538,6 +538,10 @@ class Sampler:
         self._mu = np.float32(2.0 * p.mirostat_tau)
         self._prev: list[int] = []
         self._keep = max(64, p.penalty_last_n, p.dry_penalty_last_n)
+        # where every sampler before top_k leaves the logits as they are, the chain may start with the
+        # top k taken straight from the logits (a one-pass selection, no copy of the vocabulary)
+        lead = self.order.index("top_k") if "top_k" in self.order and p.top_k > 0 and p.mirostat == 0 else None
+        self._lead = lead if lead is not None and all(self._inert(s) for s in self.order[:lead]) else None
         self.candidates: tuple[np.ndarray, np.ndarray] | None = None  # (ids, probs) after the last sample
 
     def reset(self) -> None:
@@ -551,10 +555,39 @@ class Sampler:
         if self.params.penalty_last_n >= 0 and self.params.dry_penalty_last_n >= 0 and len(self._prev) > 2 * self._keep:
             del self._prev[: len(self._prev) - self._keep]
 
+    def _inert(self, name: str) -> bool:
+        """Whether sampler `name` never changes the candidates with these parameters."""
+        p = self.params
+        if name == "penalties":
+            return p.penalty_last_n == 0 or (p.repeat_penalty == 1.0 and p.frequency_penalty == 0.0
+                                             and p.presence_penalty == 0.0)
+        if name == "dry":
+            return not self._dry.enabled
+        if name == "top_n_sigma":
+            return p.top_n_sigma <= 0.0
+        return False
+
+    def _top_k_first(self, logits: np.ndarray) -> _Candidates | None:
+        """The candidates after top_k when nothing before it acts (see __init__): the same ids, logits
+        and order as the general path, from one pass over the logits."""
+        if self._lead is None or self.constraint is not None or self.params.logit_bias:
+            return None
+        from kernels.numba_cpu.select import top_k_desc
+
+        idx = top_k_desc(logits, min(self.params.top_k, len(logits)))
+        return None if idx is None else _Candidates(idx, logits[idx], sorted_=True)
+
     def sample(self, logits: np.ndarray, history: Sequence[int] | None = None) -> int:
         p = self.params
         hist = self._prev if history is None else history
         logits = np.asarray(logits, dtype=np.float32).reshape(-1)
+        c = self._top_k_first(logits) if len(logits) else None
+        if c is not None:
+            for name in self.order[self._lead + 1:]:
+                self._apply(name, c, hist)
+            sel = _apply_dist(c, self._rng)
+            self.candidates = (c.ids, c.p)
+            return int(c.ids[sel])
         c = _Candidates(np.arange(len(logits), dtype=np.int64), logits.copy())
         if self.constraint is not None:
             self.constraint.mask(c.logits)

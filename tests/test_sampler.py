@@ -447,3 +447,33 @@ def test_top_p_on_a_large_vocabulary_takes_the_top_256_shortcut_correctly():
     cum = np.cumsum(p[order], dtype=np.float32)
     n = int(np.nonzero(cum >= np.float32(0.9))[0][0]) + 1
     assert n < 256 and c.ids.tolist() == order[:n].tolist() and c.sorted
+
+
+@pytest.mark.parametrize("kind", ["gauss", "ties", "masked", "nan", "small"])
+def test_top_k_first_path_is_the_general_path(kind):
+    """When nothing before top_k acts, the chain starts from a one-pass top-k selection on the logits
+    (no copy of the vocabulary): the same candidates, probabilities and draws as the general path,
+    ties at the cut going to the lower ids, -inf entries kept in id order, NaNs left to the general
+    path."""
+    r = np.random.default_rng(11)
+    n = 20 if kind == "small" else 5000
+    for trial in range(20):
+        x = (r.standard_normal(n) * 3).astype(np.float32)
+        if kind == "ties":
+            x = np.round(x).astype(np.float32)            # hundreds of equal values around the cut
+        elif kind == "masked":
+            x[r.random(n) < 0.995] = -np.inf               # fewer finite values than top_k
+        elif kind == "nan":
+            x[r.integers(0, n, 3)] = np.nan
+        for params in (SamplerParams(seed=trial), SamplerParams(seed=trial, top_k=300, top_p=1.0, min_p=0.0),
+                       SamplerParams(seed=trial, top_k=n + 5, temperature=1.5)):
+            fast, slow = Sampler(params), Sampler(params)
+            assert fast._lead is not None
+            slow._lead = None
+            for _ in range(3):
+                a, b = fast.sample(x), slow.sample(x)
+                assert a == b
+                np.testing.assert_array_equal(fast.candidates[0], slow.candidates[0])
+                np.testing.assert_array_equal(fast.candidates[1], slow.candidates[1])
+    # a sampler before top_k that acts (repeat penalty) takes the general path
+    assert Sampler(SamplerParams(repeat_penalty=1.1))._lead is None
