@@ -2,12 +2,13 @@
 16 slots and with 1, beside llama-cpp-python's server (`python -m llama_cpp.server`) on the same model, in
 the same run.
 
-    python benchmarks/bench_server.py [-m MODEL ...] [--clients 1 4 16] [--requests 32] [--max-tokens 32] [-t 2]
+    python benchmarks/bench_server.py [-m MODEL ...] [--clients 1 4 16] [--requests 64] [--max-tokens 32] [-t 2]
 
 Ours runs twice batched: in the default `--batching exact` (a request's tokens do not depend on the
 others in its steps) and in `--batching fast` (each step's products as one matrix product).
 Each client sends streamed chat requests back to back (different prompts, temperature 0.8, seeded)
-until the run's request count is done. Reported per server and client count: requests/s, generated
+until the run's request count is done, after a warm-up round of one request per client (steady state:
+kernels built, the slots' caches holding the chat template's common prefix, for every server alike). Reported per server and client count: requests/s, generated
 tokens/s, a stream's own decode speed after its first token (median; beside `engine bench`'s tg, measured
 first on the same threads), p50/p95 time to first token and p50/p95 request latency. llama-cpp-python's server serves
 one request at a time (started with `--interrupt_requests False`: by default it cuts a running stream
@@ -102,7 +103,14 @@ def load(base: str, model: str, clients: int, n_requests: int, max_tokens: int) 
                 if n > 1 and last > first:
                     rates.append((n - 1) / (last - first))  # the stream's own decode speed, first to last token
 
-    chat(base, model, 10_000, 4)  # warm-up
+    # warm-up: one round of `clients` concurrent requests (other prompts), so that every server is measured
+    # in its steady state -- kernels built, every slot's cache holding the chat template's common prefix --
+    # rather than on its first requests
+    warm = [threading.Thread(target=chat, args=(base, model, 10_000 + c, 4)) for c in range(clients)]
+    for t in warm:
+        t.start()
+    for t in warm:
+        t.join()
     t0 = time.perf_counter()
     threads = [threading.Thread(target=worker) for _ in range(clients)]
     for t in threads:
@@ -132,7 +140,7 @@ def main(argv=None) -> int:
     ap.add_argument("-m", "--model", nargs="+",
                     default=[str(fetch_test_models.DEFAULT_DIR / fetch_test_models.SMOLLM2)])
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
-    ap.add_argument("--requests", type=int, default=32)
+    ap.add_argument("--requests", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("--parallel", type=int, default=16, help="our batched server's slots")
