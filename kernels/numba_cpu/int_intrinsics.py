@@ -29,6 +29,7 @@ from quant import nonlinear as _nonlinear
 # How a block's codes are stored (acc_block32's `kind`): nibbles (16 bytes, low = elements 0-15), nibbles
 # plus a high bit from a u32 (Q5_0/Q5_1), int8 bytes (Q8_0), nibbles through a 16-entry codebook.
 NIB, NIB5, BYTE, LUT = 0, 1, 2, 3
+FIELD = 4  # bit fields of 32 bytes (panel_codes: the K-quants' codes)
 # the codebooks shifted to unsigned bytes (value + 128), for a 16-byte table shuffle
 LUT_IQ4NL = (_nonlinear.KVALUES_IQ4NL.astype(np.int16) + 128).astype(np.uint8)
 LUT_MXFP4 = (_nonlinear.KVALUES_MXFP4.astype(np.int16) + 128).astype(np.uint8)
@@ -113,6 +114,15 @@ def _dpbusd(builder, u, s):
     p = builder.mul(builder.zext(u, v32), builder.sext(s, v32))
     lanes = [builder.shuffle_vector(p, p, ir.Constant(_I32X8, [4 * k + i for k in range(8)])) for i in range(4)]
     return builder.add(builder.add(lanes[0], lanes[1]), builder.add(lanes[2], lanes[3]))
+
+
+def _dpbusd_acc(builder, acc, u, s):
+    """acc + lanes of u (unsigned bytes) times s (signed bytes), as one vpdpbusd where there is VNNI."""
+    if HOST_VNNI:
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I32X8, [_I32X8] * 3),
+                                            "llvm.x86.avx512.vpdpbusd.256")
+        return builder.call(fn, [acc, builder.bitcast(u, _I32X8), builder.bitcast(s, _I32X8)])
+    return builder.add(acc, _dpbusd(builder, builder.bitcast(u, _V32), builder.bitcast(s, _V32)))
 
 
 def _biased_dot(builder, u, xv, bias):
@@ -304,6 +314,125 @@ def mins16(typingctx, w, woff, x, xoff):
         return builder.extract_element(v, ir.Constant(_I32, 0))
 
     return types.float32(w, woff, x, xoff), codegen
+
+
+@intrinsic
+def panel_acc(typingctx, nt, xkind, halves, acc, codes, coff, sc, mn, wc, c, xu, xo, xoff, dxoff, xmoff):
+    """One 32-element chunk c of an 8-row panel (gemm_int.py) against nt tokens: for each t < nt,
+    acc[8t + r] += row r's chunk times token t's, all 8 rows in the lanes of one vector.
+
+    The panel holds the rows interleaved by 4 elements -- codes[coff + 32k + 4r + i] is element 4k+i of
+    row r, a signed byte -- so one vpdpbusd with 4 bytes of the token broadcast (xu: x's codes + 128,
+    unsigned) takes 4 elements of all 8 rows and lane r is row r's exact integer sum: no lane sums.
+    Then per half h of the chunk (elements 0-15, 16-31): (sum - wc[16c + 8h + r]: x's +128 taken back)
+    times sc[16c + 8h + r] * d_x (d_x the float32 at xu[xo[t] + dxoff]), plus mn[8c + r] times x's
+    chunk term: xkind 1 (Q8_1) the float32 at xmoff, 2 (Q8_K) d_x * the two float32 sums at xmoff;
+    0: none. halves=1: the halves share one scale (one conversion and FMA). nt, xkind, halves: literals."""
+    n, xk, same = _literals(nt, xkind, halves)
+    names = ("nt", "xkind", "halves", "acc", "codes", "coff", "sc", "mn", "wc", "c", "xu", "xo", "xoff", "dxoff",
+             "xmoff")
+
+    def codegen(context, builder, sig, args):
+        a = _Args(context, builder, sig, args, names)
+        b = builder
+        cw, coff = a.array("codes"), a.intp("coff")
+        rows = [_load(b, cw, b.add(coff, ir.Constant(_I64, 32 * k)), _I32X8) for k in range(8)]
+        c = a.intp("c")
+        c8, c16 = b.mul(c, ir.Constant(_I64, 8)), b.mul(c, ir.Constant(_I64, 16))
+
+        def vec(name, off, vty):
+            return b.load(b.bitcast(b.gep(a.array(name).data, [off]), vty.as_pointer()), align=4)
+
+        sc_lo = vec("sc", c16, _F32X8)
+        sc_hi = vec("sc", b.add(c16, ir.Constant(_I64, 8)), _F32X8)
+        wc_lo = vec("wc", c16, _I32X8)
+        wc_hi = vec("wc", b.add(c16, ir.Constant(_I64, 8)), _I32X8)
+        wc_all = b.add(wc_lo, wc_hi)
+        mnv = vec("mn", c8, _F32X8) if xk else None
+        xu = a.array("xu")
+        xoff, dxoff, xmoff = a.intp("xoff"), a.intp("dxoff"), a.intp("xmoff")
+        fma = _fma8(b)
+        zero = ir.Constant(_I32X8, [0] * 8)
+
+        def f32(off):
+            return b.load(b.bitcast(b.gep(xu.data, [off]), ir.FloatType().as_pointer()), align=1)
+
+        for t in range(n):
+            xr = a.element("xo", t)
+            base = b.add(xr, xoff)
+            isum = [zero, zero]
+            for k in range(8):
+                xk_ = _load(b, xu, b.add(base, ir.Constant(_I64, 4 * k)), _I32)
+                isum[k // 4] = _dpbusd_acc(b, isum[k // 4], _splat(b, xk_, _I32X8, 8), rows[k])
+            dx = f32(b.add(xr, dxoff))
+            dxv = _splat(b, dx, _F32X8, 8)
+            ap = _lanes(a, "acc", _F32X8, t)
+            acc = b.load(ap, align=4)
+            if same:
+                tot = b.sitofp(b.sub(b.add(isum[0], isum[1]), wc_all), _F32X8)
+                acc = b.call(fma, [tot, b.fmul(sc_lo, dxv), acc])
+            else:
+                acc = b.call(fma, [b.sitofp(b.sub(isum[0], wc_lo), _F32X8), b.fmul(sc_lo, dxv), acc])
+                acc = b.call(fma, [b.sitofp(b.sub(isum[1], wc_hi), _F32X8), b.fmul(sc_hi, dxv), acc])
+            if xk == 1:
+                acc = b.call(fma, [mnv, _splat(b, f32(b.add(xr, xmoff)), _F32X8, 8), acc])
+            elif xk == 2:
+                s2 = b.fadd(f32(b.add(xr, xmoff)), f32(b.add(xr, b.add(xmoff, ir.Constant(_I64, 4)))))
+                acc = b.call(fma, [mnv, _splat(b, b.fmul(dx, s2), _F32X8, 8), acc])
+            b.store(acc, ap, align=4)
+        return context.get_dummy_value()
+
+    return types.none(nt, xkind, halves, acc, codes, coff, sc, mn, wc, c, xu, xo, xoff, dxoff, xmoff), codegen
+
+
+@intrinsic
+def panel_codes(typingctx, kind, bias, mask, hmask, w, woff, aux, shift, hshift, codes, coff):
+    """Unpack one row's 32-element chunk into a panel (gemm_int.py): its signed codes (code - bias) go
+    to codes[coff + 32k : coff + 32k + 4], k = 0..7 (element 4k..4k+3; coff = 256 * chunk + 4 * row);
+    returns the sums of elements 0-15 and 16-31 of (code - bias) as lo + 2^32 * hi (int64).
+
+    kind (literal) is how the codes are stored at w[woff]: NIB (16 bytes, low nibbles elements 0-15);
+    NIB5 (and the high bit from the u32 at w[aux]); BYTE (32 int8, taken as they are); FIELD (32
+    bytes: ((w >> shift) & mask) | (((w[aux + j] >> hshift) & hmask) << 4), Q4_K's and Q6_K's bit
+    fields). bias, mask, hmask: literals."""
+    k_, b_, m_, hm = _literals(kind, bias, mask, hmask)
+    names = ("kind", "bias", "mask", "hmask", "w", "woff", "aux", "shift", "hshift", "codes", "coff")
+
+    def codegen(context, builder, sig, args):
+        a = _Args(context, builder, sig, args, names)
+        b = builder
+        w = a.array("w")
+        if k_ == FIELD:
+            def field(off, sh, mask_):
+                shv = _splat(b, b.trunc(sh, _I8), _V32, 32)
+                return b.and_(b.lshr(_load(b, w, off, _V32), shv), ir.Constant(_V32, [mask_] * 32))
+
+            u = field(a.intp("woff"), a.intp("shift"), m_)
+            if hm:
+                u = b.or_(u, b.shl(field(a.intp("aux"), a.intp("hshift"), hm), ir.Constant(_V32, [4] * 32)))
+        elif k_ == BYTE:
+            u = _load(b, w, a.intp("woff"), _V32)
+        else:
+            u = _unpack16(a, k_)  # NIB / NIB5 (reads w, woff, aux)
+        if b_:
+            u = b.sub(u, ir.Constant(_V32, [b_] * 32))
+        v = b.bitcast(u, _I32X8)
+        cw, coff = a.array("codes"), a.intp("coff")
+        for k in range(8):
+            ptr = b.bitcast(b.gep(cw.data, [b.add(coff, ir.Constant(_I64, 32 * k))]), _I32.as_pointer())
+            b.store(b.extract_element(v, ir.Constant(_I32, k)), ptr, align=1)
+        wide = b.sext(u, ir.VectorType(_I32, 32))
+        sums = []
+        for h in range(2):
+            half = b.shuffle_vector(wide, wide, ir.Constant(ir.VectorType(_I32, 16), list(range(16 * h, 16 * h + 16))))
+            for width in (8, 4, 2, 1):
+                lo = b.shuffle_vector(half, half, ir.Constant(ir.VectorType(_I32, width), list(range(width))))
+                hi = b.shuffle_vector(half, half, ir.Constant(ir.VectorType(_I32, width), list(range(width, 2 * width))))
+                half = b.add(lo, hi)
+            sums.append(b.zext(b.extract_element(half, ir.Constant(_I32, 0)), _I64))  # the i32's bits
+        return b.or_(sums[0], b.shl(sums[1], ir.Constant(_I64, 32)))
+
+    return types.int64(kind, bias, mask, hmask, w, woff, aux, shift, hshift, codes, coff), codegen
 
 
 def _stack(ty):

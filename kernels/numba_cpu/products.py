@@ -61,7 +61,7 @@ from numba.extending import overload  # noqa: E402
 from quant import GGMLType, QTensor  # noqa: E402
 
 from ..base import KernelError  # noqa: E402
-from . import pool, rows_float, rows_int, rows_k, rows_legacy  # noqa: E402
+from . import gemm_int, pool, rows_float, rows_int, rows_k, rows_legacy  # noqa: E402
 from .activations import (for_weight, pack_q8_32, pack_q8_32_into, pack_q8_k, pack_q8_k_into,  # noqa: E402
                           q8_32_width, q8_k_width)
 from .int_intrinsics import stack_i64  # noqa: E402
@@ -123,7 +123,8 @@ PARALLEL_MIN_WORK = 1 << 15     # below this many multiply-adds (weights x token
 def _kernel_hash() -> str:
     h = hashlib.sha1()
     here = Path(__file__).resolve().parent
-    for name in ("rows_common.py", "rows_legacy.py", "rows_k.py", "rows_float.py", "rows_int.py", "int_intrinsics.py"):
+    for name in ("rows_common.py", "rows_legacy.py", "rows_k.py", "rows_float.py", "rows_int.py", "int_intrinsics.py",
+                 "gemm_int.py"):
         h.update((here / name).read_bytes())
     return h.hexdigest()[:16]
 
@@ -148,6 +149,14 @@ def dot_rows(qt, w3, e, r0, r1, x2, xi, out2, oi):  # pragma: no cover - overloa
 def dot_rows_multi(qt, w3, e, r0, r1, x2, m_x, m0, m1, m_out, out2, buf):  # pragma: no cover - overloaded below
     """out2[m_out[m], r] = w3[e, r] . x2[m_x[m]] for r in r0..r1-1 and every member m in m0..m1-1,
     each row unpacked once (into `buf`), with each token's arithmetic exactly `dot_rows`'."""
+    raise NotImplementedError
+
+
+def gemm_rows(qt, w3, e, r0, r1, n_in, xu, m_x, m0, m1, m_out, out2):  # pragma: no cover - overloaded below
+    raise NotImplementedError
+
+
+def has_gemm(qt):  # pragma: no cover - overloaded below
     raise NotImplementedError
 
 
@@ -301,6 +310,27 @@ def _dot_rows_multi(qt, w3, e, r0, r1, x2, m_x, m0, m1, m_out, out2, buf):
     return impl
 
 
+@overload(has_gemm, jit_options=_JIT_DEQ_ROWS)
+def _has_gemm(qt):
+    ok = _literal_type(qt) in gemm_int.GEMMS
+    return lambda qt: ok
+
+
+@overload(gemm_rows, jit_options=_JIT_DOT_ROWS)
+def _gemm_rows(qt, w3, e, r0, r1, n_in, xu, m_x, m0, m1, m_out, out2):
+    """A group's tokens through the integer GEMM (gemm_int.py: 8-row panels, vpdpbusd) -- the prompt
+    path where the type has a panel unpacker; nothing for the others (has_gemm tells them apart)."""
+    t = _literal_type(qt)
+    if t not in gemm_int.GEMMS:
+        return lambda qt, w3, e, r0, r1, n_in, xu, m_x, m0, m1, m_out, out2: None
+    run = gemm_int.GEMMS[t]
+
+    def impl(qt, w3, e, r0, r1, n_in, xu, m_x, m0, m1, m_out, out2):
+        run(w3, e, r0, r1, n_in, xu, m_x, m0, m1, m_out, out2)
+
+    return impl
+
+
 @overload(pack_rows, jit_options=_JIT_DEQ_ROWS)
 def _pack_rows(qt, x2):
     t = _literal_type(qt)
@@ -365,6 +395,9 @@ def _make_drivers(qt: int, khash: str):
         n_in = x2.shape[1]
         xq = pack_rows(qt, x) if pack else np.empty((0, 1), np.uint8)
         use_q = xq.shape[0] > 0
+        # the tiled groups of a type with an integer GEMM take x's codes + 128 (vpdpbusd's unsigned side)
+        use_gemm = use_q and has_gemm(qt)
+        xu = gemm_int.unsigned_codes(xq, x.shape[1]) if use_gemm else xq
         n_chunks = (n_out + chunk - 1) // chunk
         for item in prange(g_exp.shape[0] * n_chunks):
             g = item // n_chunks
@@ -384,6 +417,8 @@ def _make_drivers(qt: int, khash: str):
                 else:
                     buf = np.empty(n_in, np.float32)  # one unpacked row (n_in: x's width, sums included)
                     dot_rows_multi(qt, w3, e, r0, r1, x2, m_x, m0, m1, m_out, out2, buf)
+            elif use_gemm:
+                gemm_rows(qt, w3, e, r0, r1, x.shape[1], xu, m_x, m0, m1, m_out, out2)
             else:
                 nr = r1 - r0
                 nr4 = (nr + 3) // 4 * 4     # rows padded to whole 4x4 blocks with zeros
@@ -513,11 +548,12 @@ def _inputs(x2: np.ndarray, w: QTensor, activations: str, direct: bool, tiled: b
     rounded as llama.cpp rounds them); float rows (activations.for_weight: rounded or not, Q4_1/Q5_1
     with block sums) for the rest, or an array of no rows when no group uses them."""
     packed = activations == "llama.cpp" and w.qtype in INT_KERNELS
-    if tiled or not packed:
+    gemm = packed and w.qtype in gemm_int.GEMMS  # tiled groups through the integer GEMM
+    if (tiled and not gemm) or not packed:
         xf = _readonly(np.ascontiguousarray(for_weight(x2, w.qtype, activations), np.float32))
     else:
         xf = _no_rows(_x_width(w), np.float32)
-    return packed and direct, xf
+    return packed and (direct or (tiled and gemm)), xf
 
 
 def _x_width(w: QTensor) -> int:
@@ -539,13 +575,13 @@ def _threads_for(work: int, n_threads: int) -> int:
 
 def _chunk_rows(n_out: int, n_in: int, n_items_other: int, batched: bool, n_threads: int) -> int:
     """Rows per work item: at least ~4 items per thread; with a batched group, a tile of at most
-    TILE_BYTES (so it stays in L2), at most 64 rows and a multiple of 4 (the register blocks);
-    without, at most 256 rows."""
+    TILE_BYTES (so it stays in L2), at most 64 rows and a multiple of 8 (the integer GEMM's panels,
+    two of the float tiles' 4-row blocks); without, at most 256 rows."""
     per_item = -(-n_out * n_items_other // (4 * n_threads))
     if not batched:
         return int(max(1, min(256, per_item, n_out)))
-    cap = max(4, min(64, TILE_BYTES // (4 * n_in)))
-    return int(max(4, min(cap, per_item)) // 4 * 4)
+    cap = max(8, min(64, TILE_BYTES // (4 * n_in)))
+    return int(max(8, min(cap, per_item)) // 8 * 8)  # whole 8-row panels of the integer GEMM
 
 
 _ONE_GROUP: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
