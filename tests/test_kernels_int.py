@@ -9,6 +9,8 @@
 * The portable IR (hosts without AVX-512 VNNI / AVX-VNNI or SSSE3) gives the same bits as the VNNI
   instructions: integer sums do not depend on how they are formed.
 * `activations="f32"` never takes the integer kernels.
+* The integer GEMM of prompts (gemm_int.py) meets the same 2e-6 bar, gives a token the same bits in
+  any company, and its portable IR the same bits as VNNI.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numba
 import numpy as np
 import pytest
 
-from kernels.numba_cpu import NumbaBackend, int_intrinsics, products
+from kernels.numba_cpu import NumbaBackend, gemm_int, int_intrinsics, products
 from kernels.numba_cpu.int_intrinsics import stack_i64
 from kernels.numba_cpu.rows_common import stack_f32
 from kernels.numba_cpu.activations import pack_q8_32, pack_q8_k, with_block_sums
@@ -152,3 +154,56 @@ def test_f32_activations_keep_the_float_kernels():
     y_q8 = NumbaBackend(n_threads=1).matmul(x, w)
     assert rel_err(y_f32, exact) < 1e-6
     assert rel_err(y_q8, exact) > 1e-4   # rounded to 8 bits: visibly different from the exact product
+
+
+GEMM_TYPES = list(gemm_int.GEMMS)
+
+
+@pytest.mark.parametrize("qt", GEMM_TYPES, ids=lambda t: t.name)
+def test_integer_gemm_equals_llama_cpp_formula(qt):
+    """A prompt's product (the tiled path) through the integer GEMM: every token's row equals
+    llama.cpp's formula computed exactly, to the integer kernels' 2e-6 -- 8-row panels with a partial
+    last panel (37 rows), token groups with a partial last group (11 tokens)."""
+    rng = rng_for(qt, "gemm")
+    k = qt in K_PACKED
+    n_in = 512 if k else 256
+    w = random_qtensor(qt, (37, n_in), rng)
+    x = rng.standard_normal((11, n_in)).astype(np.float32)
+    xq = (pack_q8_k if k else pack_q8_32)(x)
+    y = NumbaBackend(n_threads=2).matmul(x, w, path="tiles")
+    for t in range(11):
+        assert rel_err(y[t], exact_product(w, xq[t], k), abs_product(x[t], w)) < 2e-6
+
+
+@pytest.mark.parametrize("qt", GEMM_TYPES, ids=lambda t: t.name)
+def test_integer_gemm_gives_a_token_the_same_bits_in_any_company(qt):
+    """The GEMM's arithmetic per (row, token) does not depend on the other tokens of the call: the
+    prompt rows of a batched step are what they are alone (batch invariance of the tiled path)."""
+    rng = rng_for(qt, "gemm-company")
+    n_in = 512
+    w = random_qtensor(qt, (24, n_in), rng)
+    x = rng.standard_normal((9, n_in)).astype(np.float32)
+    be = NumbaBackend(n_threads=2)
+    together = be.matmul(x, w, path="tiles")
+    for t in (0, 4, 8):
+        np.testing.assert_array_equal(be.matmul(x[t:t + 1], w, path="tiles")[0], together[t])
+    np.testing.assert_array_equal(be.matmul(x[3:8], w, path="tiles"), together[3:8])
+
+
+@pytest.mark.parametrize("qt", GEMM_TYPES, ids=lambda t: t.name)
+def test_integer_gemm_portable_ir_gives_the_same_bits(qt, monkeypatch):
+    """Without VNNI the panels' integer sums are written in generic IR: the same bits."""
+    rng = rng_for(qt, "gemm-portable")
+    k = qt in K_PACKED
+    n_in = 512
+    w = random_qtensor(qt, (16, n_in), rng)
+    x = rng.standard_normal((5, n_in)).astype(np.float32)
+    xu = gemm_int.unsigned_codes((pack_q8_k if k else pack_q8_32)(x), n_in)
+    w3 = w.data.reshape(1, 16, -1)
+    idx = np.arange(5)
+    host, portable = np.empty((5, 16), np.float32), np.empty((5, 16), np.float32)
+    with slp_compile_scope():
+        gemm_int.make_gemm(*gemm_int.CHUNKS[qt])(w3, 0, 0, 16, n_in, xu, idx, 0, 5, idx, host)
+        monkeypatch.setattr(int_intrinsics, "HOST_VNNI", False)
+        gemm_int.make_gemm(*gemm_int.CHUNKS[qt])(w3, 0, 0, 16, n_in, xu, idx, 0, 5, idx, portable)
+    np.testing.assert_array_equal(host, portable)
