@@ -4,7 +4,7 @@ A prompt's product multiplies each weight row with many tokens. The row kernels 
 8 lanes of partial sums per token and scale them per block in float -- a conversion and an FMA for
 every 32 products, the same work per element as the float tiles they replace. Here each work item
 first unpacks 8 rows into a *panel*, once for all the tokens: their signed integer codes interleaved by
-4 elements (`int_intrinsics.panel_dot`'s layout), so that one vpdpbusd with 4 of a token's bytes
+4 elements (`int_intrinsics.panel_acc`'s layout), so that one vpdpbusd with 4 of a token's bytes
 broadcast multiplies 4 elements of all 8 rows and lane r of the accumulator is row r's exact sum --
 no lane sums at all -- and the per-chunk float scaling is done for 8 rows at once. This is the layout
 llama.cpp's CPU "repack" buffers give Q4_0 and friends at load time; built per work item instead, it
@@ -40,9 +40,10 @@ PANEL = 8  # rows a panel holds (the lanes of one vpdpbusd)
 
 
 # ---------------------------------------------------------------- chunk unpackers
-# chunk_<type>(w, o, c, q) writes the 32 signed codes of chunk c of the row w[o:] into q (int8) and
-# returns (scale of elements 0-15, scale of 16-31, offset coefficient): the row's values are
-# scale * q, plus the coefficient times x's chunk term (Q4_1: m * x's Q8_1 block sum; K-quants:
+# chunk_<type>(w, o, c, codes, coff) unpacks chunk c (32 elements) of the row at w[o:] into a panel at
+# codes[coff:] (`panel_codes`: signed codes, interleaved) and returns (scale of elements 0-15, scale of
+# 16-31, offset coefficient, the two halves' code sums as lo + 2^32 * hi): the row's values are
+# scale * code, plus the coefficient times x's chunk term (Q4_1: m * x's Q8_1 block sum; K-quants:
 # -dmin * m times d_x * x's chunk sum).
 
 
