@@ -18,8 +18,9 @@ added per chunk. The integer parts are exact; the float parts round per chunk ra
 super-block as ggml's vec_dots do, well within the conformance bars (a prompt's rows are not compared
 bit for bit with decode rows: they take this path whatever the company, so batch invariance holds).
 
-Types: Q4_0, Q4_1, Q5_0, Q8_0 (x as Q8_0/Q8_1 blocks) and Q4_K, Q6_K (x as Q8_K super-blocks) -- the
-types of the models we measure. The others keep the float tiles.
+Types: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, MXFP4 (x as Q8_0/Q8_1 blocks) and Q3_K, Q4_K, Q5_K, Q6_K,
+IQ4_XS (x as Q8_K super-blocks). Q2_K (a min per 16 elements, where the panel keeps one per chunk)
+and the float types keep the float tiles.
 """
 
 from __future__ import annotations
@@ -29,14 +30,15 @@ from numba import carray, njit
 
 from quant import GGMLType
 
-from .int_intrinsics import BYTE, FIELD, NIB, NIB5, panel_acc, panel_codes, stack_i64
-from .rows_common import FM_DOT, f16_at, stack_f32
-from .rows_int import k4_scale_min
+from .int_intrinsics import BYTE, FIELD, LUT, LUT_IQ4NL, LUT_MXFP4, NIB, NIB5, panel_acc, panel_codes, stack_i64
+from .rows_common import E8M0_HALF, FM_DOT, f16_at, stack_f32
+from .rows_int import k4_scale_min, q3k_scale
 
 _JIT = dict(fastmath=FM_DOT, error_model="numpy", boundscheck=False, nogil=True)
 _JIT_INLINE = dict(_JIT, inline="always")
 
 PANEL = 8  # rows a panel holds (the lanes of one vpdpbusd)
+_T = LUT_IQ4NL  # the codebook argument of the unpackers that read none
 
 
 # ---------------------------------------------------------------- chunk unpackers
@@ -50,7 +52,7 @@ PANEL = 8  # rows a panel holds (the lanes of one vpdpbusd)
 @njit(**_JIT_INLINE)
 def chunk_q4_0(w, o, c, codes, coff):
     b = o + 18 * c
-    sums = panel_codes(NIB, 8, 0, 0, w, b + 2, 0, 0, 0, codes, coff)
+    sums = panel_codes(NIB, 8, 0, 0, 4, w, b + 2, 0, 0, 0, _T, codes, coff)
     d = f16_at(w, b)
     return d, d, np.float32(0.0), sums
 
@@ -58,7 +60,7 @@ def chunk_q4_0(w, o, c, codes, coff):
 @njit(**_JIT_INLINE)
 def chunk_q4_1(w, o, c, codes, coff):
     b = o + 20 * c
-    sums = panel_codes(NIB, 0, 0, 0, w, b + 4, 0, 0, 0, codes, coff)
+    sums = panel_codes(NIB, 0, 0, 0, 4, w, b + 4, 0, 0, 0, _T, codes, coff)
     d = f16_at(w, b)
     return d, d, f16_at(w, b + 2), sums
 
@@ -66,7 +68,7 @@ def chunk_q4_1(w, o, c, codes, coff):
 @njit(**_JIT_INLINE)
 def chunk_q5_0(w, o, c, codes, coff):
     b = o + 22 * c
-    sums = panel_codes(NIB5, 16, 0, 0, w, b + 6, b + 2, 0, 0, codes, coff)
+    sums = panel_codes(NIB5, 16, 0, 0, 4, w, b + 6, b + 2, 0, 0, _T, codes, coff)
     d = f16_at(w, b)
     return d, d, np.float32(0.0), sums
 
@@ -74,7 +76,7 @@ def chunk_q5_0(w, o, c, codes, coff):
 @njit(**_JIT_INLINE)
 def chunk_q8_0(w, o, c, codes, coff):
     b = o + 34 * c
-    sums = panel_codes(BYTE, 0, 0, 0, w, b + 2, 0, 0, 0, codes, coff)
+    sums = panel_codes(BYTE, 0, 0, 0, 4, w, b + 2, 0, 0, 0, _T, codes, coff)
     d = f16_at(w, b)
     return d, d, np.float32(0.0), sums
 
@@ -85,7 +87,7 @@ def chunk_q4_k(w, o, c, codes, coff):
     mins, 128 bytes of nibbles: sub-blocks 2p and 2p+1 are the low and high nibbles of qs[32p:32p+32])."""
     b = o + 144 * (c // 8)
     j = c % 8
-    sums = panel_codes(FIELD, 0, 15, 0, w, b + 16 + 32 * (j // 2), 0, 4 * (j % 2), 0, codes, coff)
+    sums = panel_codes(FIELD, 0, 15, 0, 4, w, b + 16 + 32 * (j // 2), 0, 4 * (j % 2), 0, _T, codes, coff)
     sc, mn = k4_scale_min(w, b, j)
     ds = f16_at(w, b) * np.float32(sc)
     return ds, ds, -(f16_at(w, b + 2) * np.float32(mn)), sums
@@ -99,12 +101,74 @@ def chunk_q6_k(w, o, c, codes, coff):
     b = o + 210 * (c // 8)
     j = c % 8
     h, k = j // 4, j % 4
-    sums = panel_codes(FIELD, 32, 15, 3, w, b + 64 * h + 32 * (k & 1), b + 128 + 32 * h, 4 * (k >> 1), 2 * k,
-                       codes, coff)
+    sums = panel_codes(FIELD, 32, 15, 3, 4, w, b + 64 * h + 32 * (k & 1), b + 128 + 32 * h, 4 * (k >> 1), 2 * k,
+                       _T, codes, coff)
     d = f16_at(w, b + 208)
     s0 = np.int8(w[b + 192 + 2 * j])
     s1 = np.int8(w[b + 192 + 2 * j + 1])
     return d * np.float32(s0), d * np.float32(s1), np.float32(0.0), sums
+
+
+@njit(**_JIT_INLINE)
+def chunk_q5_1(w, o, c, codes, coff):
+    b = o + 24 * c
+    sums = panel_codes(NIB5, 0, 0, 0, 4, w, b + 8, b + 4, 0, 0, _T, codes, coff)
+    d = f16_at(w, b)
+    return d, d, f16_at(w, b + 2), sums
+
+
+@njit(**_JIT_INLINE)
+def chunk_iq4_nl(w, o, c, codes, coff):
+    b = o + 18 * c
+    sums = panel_codes(LUT, 128, 0, 0, 4, w, b + 2, 0, 0, 0, LUT_IQ4NL, codes, coff)
+    d = f16_at(w, b)
+    return d, d, np.float32(0.0), sums
+
+
+@njit(**_JIT_INLINE)
+def chunk_mxfp4(w, o, c, codes, coff):
+    b = o + 17 * c
+    sums = panel_codes(LUT, 128, 0, 0, 4, w, b + 1, 0, 0, 0, LUT_MXFP4, codes, coff)
+    d = E8M0_HALF[w[b]]
+    return d, d, np.float32(0.0), sums
+
+
+@njit(**_JIT_INLINE)
+def chunk_q5_k(w, o, c, codes, coff):
+    """Q4_K's layout with 32 bytes of high bits at 16 (bit j of qh[l] for sub-block j) and the nibbles at 48."""
+    b = o + 176 * (c // 8)
+    j = c % 8
+    sums = panel_codes(FIELD, 0, 15, 1, 4, w, b + 48 + 32 * (j // 2), b + 16, 4 * (j % 2), j, _T, codes, coff)
+    sc, mn = k4_scale_min(w, b, j)
+    ds = f16_at(w, b) * np.float32(sc)
+    return ds, ds, -(f16_at(w, b + 2) * np.float32(mn)), sums
+
+
+@njit(**_JIT_INLINE)
+def chunk_q3_k(w, o, c, codes, coff):
+    """Elements 128h + 32k.. (c % 8 = 4h + k) of a 110-byte block (hmask[32], qs[64], 12 scale bytes, d):
+    2 bits of qs[32 + 32h + l] at 2k, and bit 4h + k of hmask[l] set for +4, minus 4; signed 6-bit
+    scales of 16 elements."""
+    b = o + 110 * (c // 8)
+    j = c % 8
+    h, k = j // 4, j % 4
+    sums = panel_codes(FIELD, 4, 3, 1, 2, w, b + 32 + 32 * h, b, 2 * k, 4 * h + k, _T, codes, coff)
+    d = f16_at(w, b + 108)
+    return (d * np.float32(q3k_scale(w, b, 8 * h + 2 * k)), d * np.float32(q3k_scale(w, b, 8 * h + 2 * k + 1)),
+            np.float32(0.0), sums)
+
+
+@njit(**_JIT_INLINE)
+def chunk_iq4_xs(w, o, c, codes, coff):
+    """Sub-block ib = c % 8 of a 136-byte block (d, 2 bytes of high scale bits, 4 of low, 16 bytes of
+    IQ4_NL nibbles per sub-block at 8): scale d * (6-bit ls - 32)."""
+    b = o + 136 * (c // 8)
+    ib = c % 8
+    sums = panel_codes(LUT, 128, 0, 0, 4, w, b + 8 + 16 * ib, 0, 0, 0, LUT_IQ4NL, codes, coff)
+    sh = np.int32(w[b + 2]) | (np.int32(w[b + 3]) << 8)
+    ls = np.int32((w[b + 4 + (ib >> 1)] >> (4 * (ib & 1))) & 15) | (((sh >> (2 * ib)) & 3) << 4)
+    ds = f16_at(w, b) * np.float32(ls - 32)
+    return ds, ds, np.float32(0.0), sums
 
 
 # x's layout per weight type (activations.pack_q8_32 / pack_q8_k) and what the offsets multiply
@@ -114,9 +178,15 @@ CHUNKS = {  # (unpacker, x's layout, whether a chunk's halves share one scale)
     GGMLType.Q4_0: (chunk_q4_0, X_Q8_0, 1),
     GGMLType.Q4_1: (chunk_q4_1, X_Q8_1, 1),
     GGMLType.Q5_0: (chunk_q5_0, X_Q8_0, 1),
+    GGMLType.Q5_1: (chunk_q5_1, X_Q8_1, 1),
     GGMLType.Q8_0: (chunk_q8_0, X_Q8_0, 1),
+    GGMLType.IQ4_NL: (chunk_iq4_nl, X_Q8_0, 1),
+    GGMLType.MXFP4: (chunk_mxfp4, X_Q8_0, 1),
+    GGMLType.Q3_K: (chunk_q3_k, X_Q8_K, 0),
     GGMLType.Q4_K: (chunk_q4_k, X_Q8_K, 1),
+    GGMLType.Q5_K: (chunk_q5_k, X_Q8_K, 1),
     GGMLType.Q6_K: (chunk_q6_k, X_Q8_K, 0),
+    GGMLType.IQ4_XS: (chunk_iq4_xs, X_Q8_K, 1),
 }
 
 

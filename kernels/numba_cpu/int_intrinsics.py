@@ -386,17 +386,18 @@ def panel_acc(typingctx, nt, xkind, halves, acc, codes, coff, sc, mn, wc, c, xu,
 
 
 @intrinsic
-def panel_codes(typingctx, kind, bias, mask, hmask, w, woff, aux, shift, hshift, codes, coff):
+def panel_codes(typingctx, kind, bias, mask, hmask, hpos, w, woff, aux, shift, hshift, tbl, codes, coff):
     """Unpack one row's 32-element chunk into a panel (gemm_int.py): its signed codes (code - bias) go
     to codes[coff + 32k : coff + 32k + 4], k = 0..7 (element 4k..4k+3; coff = 256 * chunk + 4 * row);
     returns the sums of elements 0-15 and 16-31 of (code - bias) as lo + 2^32 * hi (int64).
 
     kind (literal) is how the codes are stored at w[woff]: NIB (16 bytes, low nibbles elements 0-15);
-    NIB5 (and the high bit from the u32 at w[aux]); BYTE (32 int8, taken as they are); FIELD (32
-    bytes: ((w >> shift) & mask) | (((w[aux + j] >> hshift) & hmask) << 4), Q4_K's and Q6_K's bit
-    fields). bias, mask, hmask: literals."""
-    k_, b_, m_, hm = _literals(kind, bias, mask, hmask)
-    names = ("kind", "bias", "mask", "hmask", "w", "woff", "aux", "shift", "hshift", "codes", "coff")
+    NIB5 (and the high bit from the u32 at w[aux]); LUT (NIB through the 16-byte codebook tbl, which
+    holds values + 128); BYTE (32 int8, taken as they are); FIELD (32 bytes: ((w >> shift) & mask) |
+    (((w[aux + j] >> hshift) & hmask) << hpos), the K-quants' bit fields). bias, mask, hmask, hpos:
+    literals."""
+    k_, b_, m_, hm, hp = _literals(kind, bias, mask, hmask, hpos)
+    names = ("kind", "bias", "mask", "hmask", "hpos", "w", "woff", "aux", "shift", "hshift", "tbl", "codes", "coff")
 
     def codegen(context, builder, sig, args):
         a = _Args(context, builder, sig, args, names)
@@ -409,11 +410,11 @@ def panel_codes(typingctx, kind, bias, mask, hmask, w, woff, aux, shift, hshift,
 
             u = field(a.intp("woff"), a.intp("shift"), m_)
             if hm:
-                u = b.or_(u, b.shl(field(a.intp("aux"), a.intp("hshift"), hm), ir.Constant(_V32, [4] * 32)))
+                u = b.or_(u, b.shl(field(a.intp("aux"), a.intp("hshift"), hm), ir.Constant(_V32, [hp] * 32)))
         elif k_ == BYTE:
             u = _load(b, w, a.intp("woff"), _V32)
         else:
-            u = _unpack16(a, k_)  # NIB / NIB5 (reads w, woff, aux)
+            u = _unpack16(a, k_)  # NIB / NIB5 / LUT (reads w, woff, aux, tbl)
         if b_:
             u = b.sub(u, ir.Constant(_V32, [b_] * 32))
         v = b.bitcast(u, _I32X8)
@@ -432,7 +433,7 @@ def panel_codes(typingctx, kind, bias, mask, hmask, w, woff, aux, shift, hshift,
             sums.append(b.zext(b.extract_element(half, ir.Constant(_I32, 0)), _I64))  # the i32's bits
         return b.or_(sums[0], b.shl(sums[1], ir.Constant(_I64, 32)))
 
-    return types.int64(kind, bias, mask, hmask, w, woff, aux, shift, hshift, codes, coff), codegen
+    return types.int64(kind, bias, mask, hmask, hpos, w, woff, aux, shift, hshift, tbl, codes, coff), codegen
 
 
 def _stack(ty):

@@ -11,8 +11,8 @@ each type two parallel drivers are compiled lazily, on first use, and cached on 
   rows_int.py (`INT_KERNELS`: every quantized type; x rounded to int8 blocks once per call inside
   the driver, integer multiply-adds with VNNI, as ggml's vec_dot), else the float dot of rows_*.py
   (activations="f32", and F32/F16/BF16 weights). A bigger group (a prompt) goes through the
-  integer GEMM of gemm_int.py where the type has one (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K, with
-  rounded activations: 8-row panels, vpdpbusd, ~200 GOP/s per core); otherwise it dequantizes the
+  integer GEMM of gemm_int.py where the type has one (every quantized type but Q2_K, with rounded
+  activations: 8-row panels, vpdpbusd, ~200 GOP/s per core); otherwise it dequantizes the
   chunk's rows once into a thread-local tile (<= TILE_BYTES, so it stays in L2) and multiplies it
   with the group's tokens in register blocks of 4 rows x 4 tokens (`tile_dot44`, ~75-110 GFLOP/s
   per AVX-512 core, about what single-threaded OpenBLAS does). Every weight byte is read once per
