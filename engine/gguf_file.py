@@ -189,6 +189,22 @@ class _Cursor:
         return self.scalar(ValueType(vt), what)
 
 
+MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux's value; Python 3.11 does not name it
+
+
+def _available_memory() -> int:
+    """Bytes of memory available now without swapping (Linux's MemAvailable: free memory plus the page
+    cache it may reclaim, this file's pages included); 0 where the platform cannot say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 class GGUFPart:
     """One GGUF file, memory-mapped read-only."""
 
@@ -209,17 +225,26 @@ class GGUFPart:
         self._parse(_Cursor(self.path, self._mmap))
 
     def prefetch(self) -> bool:
-        """Ask the kernel to read the tensor data ahead (madvise(MADV_WILLNEED), asynchronous), as
-        llama.cpp's loader does with its maps: the first products then find the pages in memory instead
-        of faulting them in one by one. False where the platform has no madvise."""
+        """Read the tensor data ahead and map it, as llama.cpp's loader does (its maps are made with
+        MAP_POPULATE): madvise(MADV_WILLNEED) starts reading the file; where the data fits in the memory
+        available, MADV_POPULATE_READ (Linux 5.14+) then maps every page into this process now,
+        so that the products do not take a page fault at each first touch of a page -- a gpt-oss-20b
+        decode step touches new experts' pages for hundreds of tokens. False where the platform has
+        no madvise."""
         advise = getattr(self._mmap, "madvise", None)
         if advise is None or not hasattr(mmap, "MADV_WILLNEED"):
             return False
         start = self.data_offset - self.data_offset % mmap.PAGESIZE
+        size = len(self._mmap) - start
         try:
-            advise(mmap.MADV_WILLNEED, start, len(self._mmap) - start)
+            advise(mmap.MADV_WILLNEED, start, size)
         except (OSError, ValueError):
             return False
+        if size < _available_memory():
+            try:
+                advise(MADV_POPULATE_READ, start, size)
+            except (OSError, ValueError):  # an older kernel: the pages fault in as they are used
+                pass
         return True
 
     def _parse(self, c: _Cursor):

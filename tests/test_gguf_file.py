@@ -101,8 +101,9 @@ def test_tensors_are_zero_copy_views_of_the_map(tiny):
 
 
 def test_prefetch_advises_the_data_region_and_changes_nothing(tiny):
-    """Loading a model asks for the tensor data ahead (madvise WILLNEED, as llama.cpp's loader): on
-    Linux it succeeds, and the tensors read the same afterwards."""
+    """Loading a model asks for the tensor data ahead and maps it (madvise WILLNEED, then
+    MADV_POPULATE_READ where it fits in memory, as llama.cpp's MAP_POPULATE): on Linux it succeeds,
+    and the tensors read the same afterwards."""
     path, _ = tiny
     g = GGUF.open(path)
     before = g.tensor("token_embd.weight").data.copy()
