@@ -68,7 +68,7 @@ from . import gemm_int, pool, rows_float, rows_int, rows_k, rows_legacy  # noqa:
 from .activations import (for_weight, pack_q8_32, pack_q8_32_into, pack_q8_k, pack_q8_k_into,  # noqa: E402
                           q8_32_width, q8_k_width)
 from .int_intrinsics import stack_i64  # noqa: E402
-from .rows_common import FM_DOT, prefetch, slp_compile_scope, stack_f32  # noqa: E402
+from .rows_common import FM_DOT, prefetch, prefetch_l2, slp_compile_scope, stack_f32  # noqa: E402
 from .rows_float import tile_dot44  # noqa: E402
 
 ROW_KERNELS: dict[GGMLType, tuple] = {
@@ -120,6 +120,7 @@ DIRECT_MAX = 4                  # groups of up to this many tokens dot straight 
 ROWS_MAX = 1 << 30              # path="rows": every group dots from the blocks, however many tokens
 TILE_BYTES = 512 << 10          # float32 bytes of a work item's dequantized tile (bigger groups)
 PREFETCH_ROWS = 4               # matvec rows fetched ahead of the one being multiplied
+STREAM_BYTES = 4 << 20          # a matrix (an expert's) this big is prefetched into L2 rather than L1
 PARALLEL_MIN_WORK = 1 << 15     # below this many multiply-adds (weights x tokens), run on one thread
 
 
@@ -182,12 +183,17 @@ def tile_range(qt, w3, e, r0, r1, out, o):  # pragma: no cover - overloaded belo
 @njit(inline="always")
 def prefetch_ahead(w3, e, r, r1):
     """Ask for the bytes of row r + PREFETCH_ROWS of expert e (if it is still in r..r1-1): see the
-    module doc's Prefetch."""
+    module doc's Prefetch. Into L1 for a matrix of less than STREAM_BYTES (the products of a small
+    model stay in L3 between tokens), into L2 for bigger ones (streamed from DRAM)."""
     ahead = r + PREFETCH_ROWS
     if ahead < r1:
         wa = w3[e, ahead]
-        for k in range(0, w3.shape[2], 64):
-            prefetch(wa, k)
+        if w3.shape[1] * w3.shape[2] >= STREAM_BYTES:
+            for k in range(0, w3.shape[2], 64):
+                prefetch_l2(wa, k)
+        else:
+            for k in range(0, w3.shape[2], 64):
+                prefetch(wa, k)
 
 
 def _literal_type(qt) -> GGMLType:
