@@ -49,48 +49,52 @@ _T = LUT_IQ4NL  # the codebook argument of the unpackers that read none
 # -dmin * m times d_x * x's chunk sum).
 
 
-@njit(**_JIT_INLINE)
-def chunk_q4_0(w, o, c, codes, coff):
-    b = o + 18 * c
-    sums = panel_codes(NIB, 8, 0, 0, 4, w, b + 2, 0, 0, 0, _T, codes, coff)
-    d = f16_at(w, b)
-    return d, d, np.float32(0.0), sums
+def _legacy_chunk(block_bytes: int, kind: int, bias: int, code_off: int, aux_off: int, tbl, e8m0: bool,
+                  offsets: bool):
+    """The unpacker of a 32-element type: blocks of `block_bytes`, codes stored as `kind` at `code_off`
+    (NIB5's high bits at `aux_off`), scale an f16 at 0 or an E8M0 byte (`e8m0`); `offsets`: an f16 m
+    at byte 2 (Q4_1, Q5_1)."""
+
+    @njit(**_JIT_INLINE)
+    def chunk(w, o, c, codes, coff):
+        b = o + block_bytes * c
+        sums = panel_codes(kind, bias, 0, 0, 4, w, b + code_off, b + aux_off, 0, 0, tbl, codes, coff)
+        d = E8M0_HALF[w[b]] if e8m0 else f16_at(w, b)
+        return d, d, f16_at(w, b + 2) if offsets else np.float32(0.0), sums
+
+    return chunk
 
 
-@njit(**_JIT_INLINE)
-def chunk_q4_1(w, o, c, codes, coff):
-    b = o + 20 * c
-    sums = panel_codes(NIB, 0, 0, 0, 4, w, b + 4, 0, 0, 0, _T, codes, coff)
-    d = f16_at(w, b)
-    return d, d, f16_at(w, b + 2), sums
+chunk_q4_0 = _legacy_chunk(18, NIB, 8, 2, 0, _T, False, False)
+chunk_q4_1 = _legacy_chunk(20, NIB, 0, 4, 0, _T, False, True)
+chunk_q5_0 = _legacy_chunk(22, NIB5, 16, 6, 2, _T, False, False)
+chunk_q5_1 = _legacy_chunk(24, NIB5, 0, 8, 4, _T, False, True)
+chunk_q8_0 = _legacy_chunk(34, BYTE, 0, 2, 0, _T, False, False)
+chunk_iq4_nl = _legacy_chunk(18, LUT, 128, 2, 0, LUT_IQ4NL, False, False)
+chunk_mxfp4 = _legacy_chunk(17, LUT, 128, 1, 0, LUT_MXFP4, True, False)
 
 
-@njit(**_JIT_INLINE)
-def chunk_q5_0(w, o, c, codes, coff):
-    b = o + 22 * c
-    sums = panel_codes(NIB5, 16, 0, 0, 4, w, b + 6, b + 2, 0, 0, _T, codes, coff)
-    d = f16_at(w, b)
-    return d, d, np.float32(0.0), sums
+def _k45_chunk(block_bytes: int, high: int):
+    """Q4_K (high=0) / Q5_K (high=1): sub-block j = c % 8 of super-block c // 8 (d, dmin, 12 bytes of
+    6-bit scales and mins; Q5_K then 32 bytes of high bits, bit j of qh[l] for sub-block j; the nibbles:
+    sub-blocks 2p and 2p+1 are the low and high nibbles of qs[32p:32p+32])."""
+    qs = 48 if high else 16
+
+    @njit(**_JIT_INLINE)
+    def chunk(w, o, c, codes, coff):
+        b = o + block_bytes * (c // 8)
+        j = c % 8
+        sums = panel_codes(FIELD, 0, 15, high, 4, w, b + qs + 32 * (j // 2), b + 16, 4 * (j % 2), j, _T, codes,
+                           coff)
+        sc, mn = k4_scale_min(w, b, j)
+        ds = f16_at(w, b) * np.float32(sc)
+        return ds, ds, -(f16_at(w, b + 2) * np.float32(mn)), sums
+
+    return chunk
 
 
-@njit(**_JIT_INLINE)
-def chunk_q8_0(w, o, c, codes, coff):
-    b = o + 34 * c
-    sums = panel_codes(BYTE, 0, 0, 0, 4, w, b + 2, 0, 0, 0, _T, codes, coff)
-    d = f16_at(w, b)
-    return d, d, np.float32(0.0), sums
-
-
-@njit(**_JIT_INLINE)
-def chunk_q4_k(w, o, c, codes, coff):
-    """Sub-block j = c % 8 of super-block c // 8 (144 bytes: d, dmin, 12 bytes of 6-bit scales and
-    mins, 128 bytes of nibbles: sub-blocks 2p and 2p+1 are the low and high nibbles of qs[32p:32p+32])."""
-    b = o + 144 * (c // 8)
-    j = c % 8
-    sums = panel_codes(FIELD, 0, 15, 0, 4, w, b + 16 + 32 * (j // 2), 0, 4 * (j % 2), 0, _T, codes, coff)
-    sc, mn = k4_scale_min(w, b, j)
-    ds = f16_at(w, b) * np.float32(sc)
-    return ds, ds, -(f16_at(w, b + 2) * np.float32(mn)), sums
+chunk_q4_k = _k45_chunk(144, 0)
+chunk_q5_k = _k45_chunk(176, 1)
 
 
 @njit(**_JIT_INLINE)
@@ -107,41 +111,6 @@ def chunk_q6_k(w, o, c, codes, coff):
     s0 = np.int8(w[b + 192 + 2 * j])
     s1 = np.int8(w[b + 192 + 2 * j + 1])
     return d * np.float32(s0), d * np.float32(s1), np.float32(0.0), sums
-
-
-@njit(**_JIT_INLINE)
-def chunk_q5_1(w, o, c, codes, coff):
-    b = o + 24 * c
-    sums = panel_codes(NIB5, 0, 0, 0, 4, w, b + 8, b + 4, 0, 0, _T, codes, coff)
-    d = f16_at(w, b)
-    return d, d, f16_at(w, b + 2), sums
-
-
-@njit(**_JIT_INLINE)
-def chunk_iq4_nl(w, o, c, codes, coff):
-    b = o + 18 * c
-    sums = panel_codes(LUT, 128, 0, 0, 4, w, b + 2, 0, 0, 0, LUT_IQ4NL, codes, coff)
-    d = f16_at(w, b)
-    return d, d, np.float32(0.0), sums
-
-
-@njit(**_JIT_INLINE)
-def chunk_mxfp4(w, o, c, codes, coff):
-    b = o + 17 * c
-    sums = panel_codes(LUT, 128, 0, 0, 4, w, b + 1, 0, 0, 0, LUT_MXFP4, codes, coff)
-    d = E8M0_HALF[w[b]]
-    return d, d, np.float32(0.0), sums
-
-
-@njit(**_JIT_INLINE)
-def chunk_q5_k(w, o, c, codes, coff):
-    """Q4_K's layout with 32 bytes of high bits at 16 (bit j of qh[l] for sub-block j) and the nibbles at 48."""
-    b = o + 176 * (c // 8)
-    j = c % 8
-    sums = panel_codes(FIELD, 0, 15, 1, 4, w, b + 48 + 32 * (j // 2), b + 16, 4 * (j % 2), j, _T, codes, coff)
-    sc, mn = k4_scale_min(w, b, j)
-    ds = f16_at(w, b) * np.float32(sc)
-    return ds, ds, -(f16_at(w, b + 2) * np.float32(mn)), sums
 
 
 @njit(**_JIT_INLINE)
