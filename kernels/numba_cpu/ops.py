@@ -31,6 +31,7 @@ from ..base import RopeParams
 from . import pool
 from .activations import f16_rounded, to_f16
 from .rows_common import as_f32
+from .thin_drivers import thin
 from ..ops_numpy import (
     GELU_F16_TABLE,
     NumpyOps,
@@ -106,6 +107,7 @@ def _rms_row(x, w, has_w, eps, y):
             y[j] = x[j] * scale
 
 
+@thin
 @njit(**_JIT)
 def _rms_norm_ser(x, w, has_w, eps, y):
     for i in range(x.shape[0]):
@@ -162,6 +164,7 @@ def _rope_token(x, out, t, pos, n_dims, neox, theta_scale, freq_scale, ext_facto
             yr[d] = xr[d]
 
 
+@thin
 @njit(**_JIT)
 def _rope_ser(x, out, pos, n_dims, neox, theta_scale, freq_scale, ext_factor, mscale, low, high, ff, has_ff):
     for t in range(x.shape[0]):
@@ -187,6 +190,7 @@ def _softmax_row(x, y):
         y[j] = y[j] * inv
 
 
+@thin
 @njit(**_JIT)
 def _softmax_ser(x, y):
     for i in range(x.shape[0]):
@@ -238,6 +242,7 @@ def _act_block(kind, x, xb, g, y, b):
             y[i] = _gelu(x[i], xb[i]) * g[i]
 
 
+@thin
 @njit(parallel=True, **_JIT)
 def _act_par(kind, x, g, y):
     xb = x.view(np.uint32)
@@ -245,6 +250,7 @@ def _act_par(kind, x, g, y):
         _act_block(kind, x, xb, g, y, np.int64(b))
 
 
+@thin
 @njit(**_JIT)
 def _act_ser(kind, x, g, y):
     xb = x.view(np.uint32)
@@ -409,6 +415,7 @@ def _attn_item(it, q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, has_sin
             out[t, h, d] = acc[r, d] * f
 
 
+@thin
 @njit(parallel=True, **_JIT)
 def _attn_par(q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf, p16,
               softcap):
@@ -418,6 +425,7 @@ def _attn_par(q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, has_sinks, n
                    lbuf, abuf, p16, softcap)
 
 
+@thin
 @njit(**_JIT)
 def _attn_ser(q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf, p16,
               softcap):

@@ -70,6 +70,7 @@ from .activations import (for_weight, pack_q8_32, pack_q8_32_into, pack_q8_k, pa
 from .int_intrinsics import stack_i64  # noqa: E402
 from .rows_common import FM_DOT, prefetch, prefetch_l2, slp_compile_scope, stack_f32  # noqa: E402
 from .rows_float import tile_dot44  # noqa: E402
+from .thin_drivers import thin  # noqa: E402
 
 ROW_KERNELS: dict[GGMLType, tuple] = {
     GGMLType.F32: (rows_float.dot_f32, rows_float.dequant_row_f32),
@@ -157,10 +158,6 @@ def dot_rows_multi(qt, w3, e, r0, r1, x2, m_x, m0, m1, m_out, out2, buf):  # pra
 
 
 def gemm_rows(qt, w3, e, r0, r1, n_in, xu, m_x, m0, m1, m_out, out2):  # pragma: no cover - overloaded below
-    raise NotImplementedError
-
-
-def has_gemm(qt):  # pragma: no cover - overloaded below
     raise NotImplementedError
 
 
@@ -319,16 +316,10 @@ def _dot_rows_multi(qt, w3, e, r0, r1, x2, m_x, m0, m1, m_out, out2, buf):
     return impl
 
 
-@overload(has_gemm, jit_options=_JIT_DEQ_ROWS)
-def _has_gemm(qt):
-    ok = _literal_type(qt) in gemm_int.GEMMS
-    return lambda qt: ok
-
-
 @overload(gemm_rows, jit_options=_JIT_DOT_ROWS)
 def _gemm_rows(qt, w3, e, r0, r1, n_in, xu, m_x, m0, m1, m_out, out2):
     """A group's tokens through the integer GEMM (gemm_int.py: 8-row panels, vpdpbusd) -- the prompt
-    path where the type has a panel unpacker; nothing for the others (has_gemm tells them apart)."""
+    path where the type has a panel unpacker; nothing for the others (the drivers' GEMM constant tells them apart)."""
     t = _literal_type(qt)
     if t not in gemm_int.GEMMS:
         return lambda qt, w3, e, r0, r1, n_in, xu, m_x, m0, m1, m_out, out2: None
@@ -381,32 +372,79 @@ def _tile_range(qt, w3, e, r0, r1, out, o):
     return impl
 
 
+def tile_rows(qt, w3, e, r0, r1, x2, m_x, m0, m1, m_out, out2):  # pragma: no cover - overloaded below
+    """out2[m_out[m], r] = w3[e, r] . x2[m_x[m]] for r in r0..r1-1 and members m0..m1-1 through a
+    dequantized tile of the rows"""
+    raise NotImplementedError
+
+
+@overload(tile_rows, jit_options=_JIT_DEQ_ROWS)
+def _tile_rows(qt, w3, e, r0, r1, x2, m_x, m0, m1, m_out, out2):
+    """The float path of a bigger group: the chunk's rows dequantized once into a thread-local tile
+    (<= TILE_BYTES, in L2), multiplied with the tokens in register blocks of 4 rows x 4 tokens."""
+
+    def impl(qt, w3, e, r0, r1, x2, m_x, m0, m1, m_out, out2):
+        nr = r1 - r0
+        nr4 = (nr + 3) // 4 * 4     # rows padded to whole 4x4 blocks with zeros
+        tile = np.empty((nr4, x2.shape[1]), np.float32)
+        tile_range(qt, w3, e, r0, r1, tile, 0)
+        for i in range(nr, nr4):
+            tile[i, :] = 0.0
+        for m in range(m0, m1, 4):  # 4 tokens at a time (the last block repeats its last token)
+            xa = m_x[m]
+            xb = m_x[min(m + 1, m1 - 1)]
+            xc = m_x[min(m + 2, m1 - 1)]
+            xd = m_x[min(m + 3, m1 - 1)]
+            nj = min(4, m1 - m)
+            for i in range(0, nr4, 4):
+                t = tile_dot44(tile, i, x2, xa, xb, xc, xd)
+                for k in range(min(4, nr - i)):
+                    for j in range(nj):
+                        out2[m_out[m + j], r0 + i + k] = t[4 * k + j]
+
+    return impl
+
+
 # --- the drivers
+#
+# A type's `groups` driver is compiled in variants, each holding only the paths its calls can take
+# (closure constants, so numba prunes the others before typing them): a first run compiles what it
+# uses and no more -- compiling every path into one driver cost ~9 s a type, most of a cold start.
+#   rounded: activations rounded to int8 blocks, the type's integer kernels (INT_KERNELS; the GEMM
+#            for bigger groups where gemm_int has the type), or the float kernels on float x.
+#   kind:    "one"   every group is one token (decode: a plain matrix-vector product, a MoE token's
+#                    experts);
+#            "wide"  every group has more than direct_max tokens (a prompt's plain products);
+#            "mixed" any sizes (a batched step's few rows, a MoE prompt).
+
+KINDS = ("one", "wide", "mixed")
 
 
-def _make_drivers(qt: int, khash: str):
+def _make_groups(qt: int, khash: str, rounded: bool, kind: str):
+    ONE = kind == "one"
+    WIDE = kind == "wide"
+    GEMM = rounded and GGMLType(qt) in gemm_int.GEMMS
+    PACK = rounded and (GEMM or not WIDE)  # x rounded to int8 blocks: direct groups or the GEMM use it
+
+    @thin
     @njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
-    def groups(w3, x, pack, x2, g_exp, g_off, m_x, m_out, out2, chunk, direct_max):
+    def groups(w3, x, x2, g_exp, g_off, m_x, m_out, out2, chunk, direct_max):
         """out2[m_out[m], r] = w3[g_exp[g], r] . x2[m_x[m]] for every member m of every group g.
 
-        pack: x (the float32 rows as they come) is first rounded to int8 blocks (`pack_rows`, serial,
-        here rather than in a call of its own: a few microseconds less per product) for the groups
-        that dot from the blocks, which then take the integer kernels (INT_KERNELS); set when the type
-        has them and activations are rounded as llama.cpp rounds them. x2 (floats, as
-        activations.for_weight makes them) serves the other groups; it has no rows when unused.
+        x: the float32 rows as they come; rounded to int8 blocks here (`pack_rows`, serial, a few
+        microseconds less per product than a call of its own) for the integer kernels. x2: float rows
+        (activations.for_weight) for the float kernels; no rows when unused.
 
         Work items are (group, chunk of rows). Groups of up to `direct_max` tokens take the row
         kernel's dot straight from the blocks (one token: `dot_rows`; several: `dot_rows_multi`, each
-        row unpacked once for all of them, bit for bit the same per token); bigger groups dequantize the chunk's rows once into
-        a tile and multiply it with the tokens in 4x4 blocks (`tile_dot44`)."""
+        row unpacked once for all of them, bit for bit the same per token); bigger groups go through
+        the integer GEMM or dequantize the chunk's rows once into a tile (`tile_rows`)."""
         khash  # noqa: B018  (part of the cache key: see the module doc)
         n_out = w3.shape[1]
         n_in = x2.shape[1]
-        xq = pack_rows(qt, x) if pack else np.empty((0, 1), np.uint8)
-        use_q = xq.shape[0] > 0
-        # the tiled groups of a type with an integer GEMM take x's codes + 128 (vpdpbusd's unsigned side)
-        use_gemm = use_q and has_gemm(qt)
-        xu = gemm_int.unsigned_codes(xq, x.shape[1]) if use_gemm else xq
+        xq = pack_rows(qt, x) if PACK else np.empty((0, 1), np.uint8)
+        # the GEMM takes x's codes + 128 (vpdpbusd's unsigned side)
+        xu = gemm_int.unsigned_codes(xq, x.shape[1]) if GEMM and not ONE else xq
         n_chunks = (n_out + chunk - 1) // chunk
         for item in prange(g_exp.shape[0] * n_chunks):
             g = item // n_chunks
@@ -415,38 +453,27 @@ def _make_drivers(qt: int, khash: str):
             e = g_exp[g]
             m0 = g_off[g]
             m1 = g_off[g + 1]
-            if m1 - m0 <= direct_max and use_q:
-                if m1 - m0 == 1:
-                    dot_rows(qt, w3, e, r0, r1, xq, m_x[m0], out2, m_out[m0])
-                else:
-                    dot_rows_multi(qt, w3, e, r0, r1, xq, m_x, m0, m1, m_out, out2, out2[0, :0])
-            elif m1 - m0 <= direct_max:
-                if m1 - m0 == 1:
+            if ONE or (not WIDE and m1 - m0 <= direct_max):
+                if rounded:
+                    if ONE or m1 - m0 == 1:
+                        dot_rows(qt, w3, e, r0, r1, xq, m_x[m0], out2, m_out[m0])
+                    else:
+                        dot_rows_multi(qt, w3, e, r0, r1, xq, m_x, m0, m1, m_out, out2, out2[0, :0])
+                elif ONE or m1 - m0 == 1:
                     dot_rows(qt, w3, e, r0, r1, x2, m_x[m0], out2, m_out[m0])
                 else:
                     buf = np.empty(n_in, np.float32)  # one unpacked row (n_in: x's width, sums included)
                     dot_rows_multi(qt, w3, e, r0, r1, x2, m_x, m0, m1, m_out, out2, buf)
-            elif use_gemm:
+            elif GEMM:
                 gemm_rows(qt, w3, e, r0, r1, x.shape[1], xu, m_x, m0, m1, m_out, out2)
             else:
-                nr = r1 - r0
-                nr4 = (nr + 3) // 4 * 4     # rows padded to whole 4x4 blocks with zeros
-                tile = np.empty((nr4, n_in), np.float32)
-                tile_range(qt, w3, e, r0, r1, tile, 0)
-                for i in range(nr, nr4):
-                    tile[i, :] = 0.0
-                for m in range(m0, m1, 4):  # 4 tokens at a time (the last block repeats its last token)
-                    xa = m_x[m]
-                    xb = m_x[min(m + 1, m1 - 1)]
-                    xc = m_x[min(m + 2, m1 - 1)]
-                    xd = m_x[min(m + 3, m1 - 1)]
-                    nj = min(4, m1 - m)
-                    for i in range(0, nr4, 4):
-                        t = tile_dot44(tile, i, x2, xa, xb, xc, xd)
-                        for k in range(min(4, nr - i)):
-                            for j in range(nj):
-                                out2[m_out[m + j], r0 + i + k] = t[4 * k + j]
+                tile_rows(qt, w3, e, r0, r1, x2, m_x, m0, m1, m_out, out2)
 
+    return groups
+
+
+def _make_dequant(qt: int, khash: str):
+    @thin
     @njit(cache=True, error_model="numpy", boundscheck=False)
     def dequant(w3, e, rows, out):
         """out[i] = dequantized w3[e, rows[i]] (one thread: lookups are small, and a serial
@@ -455,31 +482,51 @@ def _make_drivers(qt: int, khash: str):
         for i in range(rows.shape[0]):
             dequant_range(qt, w3, e, rows[i], rows[i] + 1, out, i)
 
-    return groups, dequant
+    return dequant
 
 
 class _TypeDrivers:
-    """The compiled drivers of one type; the first call of each compiles (or loads the cache)."""
+    """The drivers of one type, each variant built and compiled (or loaded from the cache) on its first call."""
 
     def __init__(self, qt: GGMLType):
         self.qt = qt
-        self._groups, self._dequant = _make_drivers(int(qt), KERNEL_HASH)
-        self._warm: set[str] = set()
+        self._fns: dict = {}
         self._lock = threading.Lock()
 
-    def _call(self, name: str, fn, *args):
-        if name in self._warm:
-            return fn(*args)
-        with self._lock, slp_compile_scope():
-            fn(*args)
-            self._warm.add(name)
-            setattr(self, name, fn)  # later calls go straight to the compiled driver (~200 a decode token)
+    def _fn(self, key):
+        fn = self._fns.get(key)
+        if fn is None:
+            with self._lock:
+                fn = self._fns.get(key)
+                if fn is None:
+                    fn = (_make_dequant(int(self.qt), KERNEL_HASH) if key == "dequant"
+                          else _make_groups(int(self.qt), KERNEL_HASH, *key))
+                    self._fns[key] = _Compiled(fn)
+                    fn = self._fns[key]
+        return fn
 
-    def groups(self, *args):
-        self._call("groups", self._groups, *args)
+    def groups(self, rounded: bool, kind: str, *args):
+        self._fn((bool(rounded), kind))(*args)
 
     def dequant(self, *args):
-        self._call("dequant", self._dequant, *args)
+        self._fn("dequant")(*args)
+
+
+class _Compiled:
+    """A driver whose first call compiles under the SLP scope and a lock; later calls go straight through
+    (~200 a decode token)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self._lock = threading.Lock()
+        self._ready = False
+
+    def __call__(self, *args):
+        if self._ready:
+            return self.fn(*args)
+        with self._lock, slp_compile_scope():
+            self.fn(*args)
+            self._ready = True
 
 
 _DRIVERS: dict[GGMLType, _TypeDrivers] = {}
@@ -551,18 +598,24 @@ def _no_rows(width: int, dtype) -> np.ndarray:
     return a
 
 
-def _inputs(x2: np.ndarray, w: QTensor, activations: str, direct: bool, tiled: bool):
-    """(pack, xf) for the driver from float32 rows x2 (n, n_in): whether the driver rounds x2 to int8
-    blocks for the groups that dot from the blocks (the type has integer kernels and activations are
-    rounded as llama.cpp rounds them); float rows (activations.for_weight: rounded or not, Q4_1/Q5_1
-    with block sums) for the rest, or an array of no rows when no group uses them."""
-    packed = activations == "llama.cpp" and w.qtype in INT_KERNELS
-    gemm = packed and w.qtype in gemm_int.GEMMS  # tiled groups through the integer GEMM
-    if (tiled and not gemm) or not packed:
+def _inputs(x2: np.ndarray, w: QTensor, activations: str, tiled: bool):
+    """(rounded, xf) for the driver from float32 rows x2 (n, n_in): whether the driver rounds x2 to int8
+    blocks for the type's integer kernels (the type has them and activations are rounded as llama.cpp
+    rounds them); float rows (activations.for_weight: rounded or not, Q4_1/Q5_1 with block sums) for the
+    float kernels, or an array of no rows when no group uses them."""
+    rounded = activations == "llama.cpp" and w.qtype in INT_KERNELS
+    if not rounded or (tiled and w.qtype not in gemm_int.GEMMS):
         xf = _readonly(np.ascontiguousarray(for_weight(x2, w.qtype, activations), np.float32))
     else:
         xf = _no_rows(_x_width(w), np.float32)
-    return packed and (direct or (tiled and gemm)), xf
+    return rounded, xf
+
+
+def _kind(smallest: int, largest: int, direct_max: int) -> str:
+    """The driver variant for groups of these sizes (see the drivers' comment)."""
+    if largest == 1 and direct_max >= 1:
+        return "one"
+    return "wide" if smallest > direct_max else "mixed"
 
 
 def _x_width(w: QTensor) -> int:
@@ -645,10 +698,11 @@ def matmul(x, w: QTensor, n_threads: int, path=None, activations: str = "f32") -
     out = np.empty((n_tok, n_out), np.float32)
     if n_tok and n_out:
         g_exp, g_off, members, direct_max, tiled = _plain_groups(n_tok, path)
-        pack, xf = _inputs(x2, w, activations, not tiled, tiled)
+        rounded, xf = _inputs(x2, w, activations, tiled)
         nt = _threads_for(n_out * n_in * (n_tok + 4 * (len(g_off) - 1) * tiled), n_threads)
         chunk = _chunk_rows(n_out, n_in, len(g_off) - 1, tiled, nt)
-        d.groups(w3, x2, pack, xf, g_exp, g_off, members, members, out, chunk, direct_max)
+        d.groups(rounded, _kind(n_tok, n_tok, direct_max), w3, x2, xf, g_exp, g_off, members, members, out, chunk,
+                 direct_max)
     return out.reshape(n_out) if x.ndim == 1 else out
 
 
@@ -705,11 +759,12 @@ def matmul_experts(x, w: QTensor, ids, n_threads: int, path=None, activations: s
     direct_max = _direct_max(path)
     tiled = bool(counts.max() > direct_max)
     x2 = _readonly(np.ascontiguousarray(x2))
-    pack, xf = _inputs(x2, w, activations, bool(counts.min() <= direct_max), tiled)
+    rounded, xf = _inputs(x2, w, activations, tiled)
     nt = _threads_for(_group_work(n_out, n_in, counts, direct_max), n_threads)
     chunk = _chunk_rows(n_out, n_in, len(experts), tiled, nt)
-    args = (data, x2, pack, xf, _index(experts), _index(g_off), _index(m_x), _index(order), out.reshape(n_pairs, n_out), chunk,
-            direct_max)
+    kind = _kind(int(counts.min()), int(counts.max()), direct_max)
+    args = (rounded, kind, data, x2, xf, _index(experts), _index(g_off), _index(m_x), _index(order),
+            out.reshape(n_pairs, n_out), chunk, direct_max)
     if len(experts) > 1 and counts.min() != counts.max():
         with numba.parallel_chunksize(1):
             d.groups(*args)
