@@ -39,7 +39,7 @@ class NumbaBackend(NumbaOps):
         max_threads = numba.config.NUMBA_NUM_THREADS
         self.n_threads = max(1, min(int(n_threads or max_threads), max_threads))
         self.activations = check_activations(activations)
-        self._qtypes: set = set()  # the weight types uploaded (warm.products_for)
+        self._qtypes: dict = {}  # matrices uploaded per weight type (warm.products_for)
         warm.start()  # with an empty kernel cache: a helper compiles the op kernels meanwhile
 
     @property
@@ -55,7 +55,7 @@ class NumbaBackend(NumbaOps):
         """Weights stay as they are (zero-copy views of the file); checks the type has kernels."""
         if isinstance(t, QTensor) and len(t.shape) >= 2:
             products.drivers(t.qtype)
-            self._qtypes.add(t.qtype)
+            self._qtypes[t.qtype] = self._qtypes.get(t.qtype, 0) + (len(t.shape) == 2)
         return t
 
     def asarray(self, x) -> np.ndarray:

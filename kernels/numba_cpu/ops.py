@@ -480,16 +480,15 @@ class NumbaOps(NumpyOps):
         return f16_rounded(x) if self.half_attention else x
 
     def _warm(self) -> None:
-        """Before the first op: if a helper is compiling op kernels (warm.py), compile the products of
-        the uploaded weight types and the other op kernels here meanwhile, then wait for it."""
+        """Before the first op: if a helper is compiling the op kernels (warm.py), compile the products
+        of the uploaded weight types here meanwhile, then wait for it."""
         if self._warmed:
             return
         self._warmed = True
         from . import warm
 
         if warm.running():
-            warm.products_for(self, getattr(self, "_qtypes", ()))
-            warm.ops(self, "main")
+            warm.products_for(self, getattr(self, "_qtypes", {}))
             warm.wait()
 
     def _threads(self) -> int:

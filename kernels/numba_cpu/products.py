@@ -203,6 +203,21 @@ _JIT_DOT_ROWS = dict(fastmath=FM_DOT, error_model="numpy", boundscheck=False)
 _JIT_DEQ_ROWS = dict(error_model="numpy", boundscheck=False)
 
 
+_BUILT: dict = {}
+
+
+def _compiled_once(key, impl, jit_options):
+    """A jitted function of `impl`, one per key. The per-item overloads below return a thin call of it
+    rather than `impl` itself: numba builds an overload's impl anew for every caller's compile flags,
+    and a prange loop is typed twice with different flags (in its function, then as the parfor body),
+    so a row kernel returned as the impl was compiled twice; a jitted function compiles once per
+    signature."""
+    fn = _BUILT.get(key)
+    if fn is None:
+        fn = _BUILT.setdefault(key, njit(**jit_options)(impl))
+    return fn
+
+
 def _is_packed(x2) -> bool:
     """Whether x2 holds packed int8 activations (activations.pack_q8_32, uint8) rather than floats."""
     return isinstance(x2.dtype, types.Integer)
@@ -226,17 +241,18 @@ def _dot_rows(qt, w3, e, r0, r1, x2, xi, out2, oi):
                 dot1(w3[e, r], xf, xo, res)
                 out2[oi, r] = res[0]
 
-        return impl_int
+        fn = _compiled_once(("dot_rows", t, True), impl_int, _JIT_DOT_ROWS)
     else:
         dot = ROW_KERNELS[t][0]
 
-    def impl(qt, w3, e, r0, r1, x2, xi, out2, oi):
-        xr = x2[xi]
-        for r in range(r0, r1):
-            prefetch_ahead(w3, e, r, r1)
-            out2[oi, r] = dot(w3[e, r], xr)
+        def impl(qt, w3, e, r0, r1, x2, xi, out2, oi):
+            xr = x2[xi]
+            for r in range(r0, r1):
+                prefetch_ahead(w3, e, r, r1)
+                out2[oi, r] = dot(w3[e, r], xr)
 
-    return impl
+        fn = _compiled_once(("dot_rows", t, False), impl, _JIT_DOT_ROWS)
+    return lambda qt, w3, e, r0, r1, x2, xi, out2, oi: fn(qt, w3, e, r0, r1, x2, xi, out2, oi)
 
 
 @overload(dot_rows_multi, jit_options=_JIT_DOT_ROWS)
@@ -272,7 +288,9 @@ def _dot_rows_multi(qt, w3, e, r0, r1, x2, m_x, m0, m1, m_out, out2, buf):
                     for k in range(min(4, m1 - m)):
                         out2[m_out[m + k], r] = res[k]
 
-        return impl_int
+        fn = _compiled_once(("dot_rows_multi", t, True), impl_int, _JIT_DOT_ROWS)
+        return lambda qt, w3, e, r0, r1, x2, m_x, m0, m1, m_out, out2, buf: fn(qt, w3, e, r0, r1, x2, m_x, m0, m1,
+                                                                              m_out, out2, buf)
     row = TILE_ROWS.get(t, ROW_KERNELS[t][1])
     fdot4 = rows_float.fdot4
     split = t in TILE_ROWS  # Q4_1/Q5_1: n_in values, then n_in / 32 block offsets times x's block sums
@@ -313,7 +331,9 @@ def _dot_rows_multi(qt, w3, e, r0, r1, x2, m_x, m0, m1, m_out, out2, buf):
                 if m + 3 < m1:
                     out2[m_out[m + 3], r] = sd
 
-    return impl
+    fn = _compiled_once(("dot_rows_multi", t, False), impl, _JIT_DOT_ROWS)
+    return lambda qt, w3, e, r0, r1, x2, m_x, m0, m1, m_out, out2, buf: fn(qt, w3, e, r0, r1, x2, m_x, m0, m1, m_out,
+                                                                          out2, buf)
 
 
 @overload(gemm_rows, jit_options=_JIT_DOT_ROWS)

@@ -1,18 +1,18 @@
-"""A first run compiles on two cores: a helper process builds some op kernels while this one builds the rest.
+"""A first run compiles on two cores: a helper process builds the op kernels while this one builds the products.
 
-With an empty kernel cache (kernel_cache.py) a first `run` spends ~20 s of one core compiling: the
+With an empty kernel cache (kernel_cache.py) a first `run` spends ~15 s of one core compiling: the
 product drivers of each weight type present (products.py) and the op kernels (ops.py). Numba
 compiles one function at a time per process (a global compiler lock), so the wall time is the sum.
 Split in two it is about halved on a machine with a second core:
 
-* `start()` (NumbaBackend's constructor) spawns a Python running `main` below: it calls attention
-  and the activations (`ops(.., "helper")`), small and big, on arrays of the forward pass's dtypes
+* `start()` (NumbaBackend's constructor) spawns a Python running `main` below: it calls attention,
+  the activations, RMSNorm and RoPE (`ops`), small and big, on arrays of the forward pass's dtypes
   and layouts, so that their serial and parallel drivers land in the disk cache with the signatures
   the model will ask for; then it writes a stamp file, and later processes spawn nothing.
 * meanwhile this process goes on loading the model; at the first op (`NumbaOps._warm`, before the
-  first forward pass) it compiles the product drivers of the types the model uploaded
-  (`products_for`) and RMSNorm and RoPE (`ops(.., "main")`), then waits for the helper and loads
-  its kernels from the cache.
+  first forward pass) it compiles the decode drivers of the types the model uploaded
+  (`products_for`), then waits for the helper and loads its kernels from the cache; the prompt's
+  drivers compile at the prompt (only the types whose products see more than one token need them).
 
 The helper only fills the cache: if it fails, is slow (WAIT_S) or is switched off
 (GGUFPY_WARM_HELPER=0), this process compiles whatever it still lacks itself, as before. It is not
@@ -104,11 +104,14 @@ def wait() -> None:
         pass
 
 
-def products_for(backend, qtypes) -> None:
-    """Compile (or load) the product drivers of `qtypes` and the activation rounding they take: one
-    tiny product per type, through the backend's own call, so that the signatures are those of the
-    model's products. (Row lookups are left out: only the token embedding's type needs them, and the
-    forward pass looks its rows up before the first op.)"""
+def products_for(backend, qtypes: dict) -> None:
+    """Compile (or load) the product drivers of the types in `qtypes` ({type: matrices of it}) and the
+    activation rounding they take: one tiny product per type through the backend's own call, so that
+    the signatures are those of the model's products -- a one-token product (decode) for every type, a
+    16-token one (a prompt) for the types of more than one matrix (a prompt's products are the layers';
+    a type used once is the token embedding's or the output's, which sees only the last token). Row
+    lookups are left out: only the token embedding's type needs them, and the forward pass looks its
+    rows up before the first op."""
     import numpy as np
 
     from quant import GGMLType, QTensor, quant_type
@@ -121,14 +124,15 @@ def products_for(backend, qtypes) -> None:
         else:
             buf = np.zeros(8 * n_in, info.storage_dtype)
         w = QTensor.from_buffer(int(qt), (8, n_in), buf, name=f"warm-{qt.name}")
-        backend.matmul(np.zeros((1, n_in), np.float32), w)
+        for n_tok in (1, 16) if qtypes[qt] > 1 else (1,):
+            backend.matmul(np.zeros((n_tok, n_in), np.float32), w)
 
 
-def ops(backend, part: str) -> None:
-    """Call ops the forward pass uses on arrays made as it makes them (fresh float32 in C order, int32
+def ops(backend) -> None:
+    """Call the ops a forward pass uses on arrays made as it makes them (fresh float32 in C order, int32
     positions), small and big, so that the serial and the parallel drivers compile (or load) with the
-    model's signatures. part "helper": attention and the activations (~9 s of compiling, most of it
-    their parallel drivers); "main": RMSNorm and RoPE (~2 s, done here beside the products)."""
+    model's signatures: attention, the activations, RMSNorm and RoPE (~7 s of compiling on this
+    2-core VM; the products of a model's types, ~4 s for SmolLM2's two, are the main process's share)."""
     import numpy as np
 
     from kernels.base import RopeParams
@@ -143,14 +147,12 @@ def ops(backend, part: str) -> None:
         pos = backend.ints(np.arange(n_tok), "pos")
         q = f32(n_tok * n_head * d).reshape(n_tok, n_head, d)
         k = f32(n_tok * n_head_kv * d).reshape(n_tok, n_head_kv, d)
-        if part == "main":
-            backend.rms_norm(f32(n_tok, 576), backend.asarray(np.ones(576, np.float32)), 1e-5)
-            backend.rope(q, pos, RopeParams(n_dims=d))
-            continue
         kc = backend.kv_store(backend.new_kv(n_tok + 8, n_head_kv, d), k, pos)
         vc = backend.kv_store(backend.new_kv(n_tok + 8, n_head_kv, d), k, pos)
         backend.attention(q, kc, vc, pos, scale=0.125)
         backend.swiglu(f32(n_tok, 1536), f32(n_tok, 1536))
+        backend.rms_norm(f32(n_tok, 576), backend.asarray(np.ones(576, np.float32)), 1e-5)
+        backend.rope(q, pos, RopeParams(n_dims=d))
 
 
 def main(argv: list[str]) -> int:
@@ -159,6 +161,6 @@ def main(argv: list[str]) -> int:
 
     backend = NumbaBackend(n_threads=2)
     backend._warmed = True  # no waiting on itself
-    ops(backend, "helper")
+    ops(backend)
     stamp.write_text("op kernels compiled into this cache\n")
     return 0
