@@ -8,7 +8,8 @@ unless asked for exact float32 products (`activations="f32"`); rounded, a matrix
 quantized type is an integer dot product of the weights' codes with x's int8 codes (rows_int.py),
 as ggml's vec_dot; for Q4_1/Q5_1 weights float x carries block sums (activations.for_weight).
 Compiled kernels are cached on disk in a per-user directory set up before any of them is defined
-(kernel_cache.py); each type's product drivers compile on the first product of that type.
+(kernel_cache.py), its index writes locked across processes (cache_lock.py); each type's product
+drivers compile on the first product of that type.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from quant import QTensor  # noqa: E402
 
 from kernels.base import check_activations  # noqa: E402
 
-from . import products, warm  # noqa: E402
+from . import cache_lock, products, warm  # noqa: E402
 from .ops import NumbaOps  # noqa: E402
+
+cache_lock.install()  # processes compiling into one cache (warm.py's helpers, replicas) cannot mix entries
 
 
 class NumbaBackend(NumbaOps):
