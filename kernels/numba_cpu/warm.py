@@ -61,6 +61,19 @@ def _wanted() -> bool:
     return (os.cpu_count() or 1) >= 2
 
 
+def _spawn(entry: str, args: list[str]) -> subprocess.Popen:
+    """A Python running `entry(args)` of this module with this process's kernel cache, 2 threads, no
+    helper of its own."""
+    root = str(Path(__file__).resolve().parents[2])  # the folder holding `kernels`
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["NUMBA_NUM_THREADS"] = "2"
+    env[ENV_SWITCH] = "0"  # a helper spawns no helper
+    code = f"import sys; from kernels.numba_cpu.warm import {entry}; raise SystemExit({entry}(sys.argv[1:]))"
+    return subprocess.Popen([sys.executable, "-c", code, *args], env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def start() -> None:
     """Spawn the helper unless the op kernels are known to be cached (or see the module doc)."""
     global _proc, _started
@@ -74,14 +87,7 @@ def start() -> None:
             stamp = _stamp_path()
             if stamp is None or stamp.exists():
                 return
-            root = str(Path(__file__).resolve().parents[2])  # the folder holding `kernels`
-            env = dict(os.environ)
-            env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-            env["NUMBA_NUM_THREADS"] = "2"
-            env[ENV_SWITCH] = "0"  # the helper spawns no helper
-            code = "import sys; from kernels.numba_cpu.warm import main; raise SystemExit(main(sys.argv[1:]))"
-            _proc = subprocess.Popen([sys.executable, "-c", code, str(stamp)], env=env,
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            _proc = _spawn("main", [str(stamp)])
         except Exception:  # pragma: no cover - no helper: this process compiles everything
             _proc = None
 
@@ -96,6 +102,10 @@ def wait() -> None:
     global _proc
     with _lock:
         proc, _proc = _proc, None
+    _wait(proc)
+
+
+def _wait(proc: subprocess.Popen | None) -> None:
     if proc is None:
         return
     try:
@@ -104,28 +114,64 @@ def wait() -> None:
         pass
 
 
+PRODUCT_HELPER_MIN = 4  # drivers before a second helper takes half (it costs ~1.5 s to start: SmolLM2, three
+#                        drivers, measured 8.8 s cold without it, 10.6 with)
+
+
 def products_for(backend, qtypes: dict) -> None:
     """Compile (or load) the product drivers of the types in `qtypes` ({type: matrices of it}) and the
-    activation rounding they take: one tiny product per type through the backend's own call, so that
+    activation rounding they take: one tiny product per driver through the backend's own call, so that
     the signatures are those of the model's products -- a one-token product (decode) for every type, a
     16-token one (a prompt) for the types of more than one matrix (a prompt's products are the layers';
     a type used once is the token embedding's or the output's, which sees only the last token). Row
     lookups are left out: only the token embedding's type needs them, and the forward pass looks its
-    rows up before the first op."""
+    rows up before the first op.
+
+    With PRODUCT_HELPER_MIN drivers or more (Gemma 3 has eight: four types), a second helper process
+    compiles every other one meanwhile (the cache's index writes are locked, cache_lock.py); this
+    process then loads them from the cache."""
+    from quant import GGMLType
+
+    drivers = [(int(qt), n_tok) for qt in sorted({GGMLType(t) for t in qtypes})
+               for n_tok in ((1, 16) if qtypes[qt] > 1 else (1,))]
+    helper = None
+    if len(drivers) >= PRODUCT_HELPER_MIN and _wanted():
+        try:
+            helper = _spawn("products_main", [getattr(backend, "activations", "llama.cpp")] + [f"{q}:{n}" for q, n in drivers[1::2]])
+            drivers = drivers[0::2]
+        except Exception:  # pragma: no cover - this process compiles them all
+            helper = None
+    for qt, n_tok in drivers:
+        _product(backend, qt, n_tok)
+    _wait(helper)
+
+
+def _product(backend, qt: int, n_tok: int) -> None:
+    """An n_tok-token product of an 8 x 256 matrix of type qt (zeros) through the backend."""
     import numpy as np
 
-    from quant import GGMLType, QTensor, quant_type
+    from quant import QTensor, quant_type
 
-    for qt in sorted({GGMLType(t) for t in qtypes}):
-        info = quant_type(qt)
-        n_in = 256  # a whole number of blocks of every type
-        if info.storage_dtype == np.uint8:
-            buf = np.zeros(8 * info.row_bytes(n_in), np.uint8)
-        else:
-            buf = np.zeros(8 * n_in, info.storage_dtype)
-        w = QTensor.from_buffer(int(qt), (8, n_in), buf, name=f"warm-{qt.name}")
-        for n_tok in (1, 16) if qtypes[qt] > 1 else (1,):
-            backend.matmul(np.zeros((n_tok, n_in), np.float32), w)
+    info = quant_type(qt)
+    n_in = 256  # a whole number of blocks of every type
+    if info.storage_dtype == np.uint8:
+        buf = np.zeros(8 * info.row_bytes(n_in), np.uint8)
+    else:
+        buf = np.zeros(8 * n_in, info.storage_dtype)
+    w = QTensor.from_buffer(qt, (8, n_in), buf, name=f"warm-{qt}")
+    backend.matmul(np.zeros((n_tok, n_in), np.float32), w)
+
+
+def products_main(argv: list[str]) -> int:
+    """The product helper: argv is the activations mode, then "type:tokens" per driver."""
+    from kernels.numba_cpu import NumbaBackend
+
+    backend = NumbaBackend(n_threads=2, activations=argv[0])
+    backend._warmed = True
+    for spec in argv[1:]:
+        qt, n_tok = spec.split(":")
+        _product(backend, int(qt), int(n_tok))
+    return 0
 
 
 def ops(backend) -> None:
