@@ -295,25 +295,34 @@ def flush8(typingctx, nt, acc, iacc, sc):
 
 
 @intrinsic
-def mins16(typingctx, w, woff, x, xoff):
-    """sum over g < 16 of (w[woff + g] >> 4) * (float32 at x[xoff + 4g]): Q2_K's 16 group mins times x's
-    16 bsums of a super-block, as one vector multiply and a sum (integers below 2^24: exact in any
-    order). Written out per group, these 16 scalar multiply-adds took as long as the super-block's
-    integer dot products."""
+def mins_fma(typingctx, nt, acc, w, woff, x, xo, xoff, s):
+    """For each token t < nt: acc[8t + i] += s[t] * ((w[woff + 2i] >> 4) * bs_t[2i] + (w[woff + 2i + 1] >> 4)
+    * bs_t[2i + 1]) for i < 8, bs_t the 16 float32 bsums at x[xo[t] + xoff]: Q2_K's group mins times x's
+    sums into the lanes, as ggml's AVX2 vec_dot_q2_K_q8_K does (`_mm256_madd_epi16(mins, bsums)`, then an
+    FMA with -d_x * dmin into the lanes before the block's integer sums). The pair sums are exact
+    integers. nt: a literal. One FMA per token and super-block: the earlier scalar sum of the 16
+    products (a 4-step reduction per super-block) cost a fifth of a Q2_K product."""
+    (n,) = _literals(nt)
+    names = ("nt", "acc", "w", "woff", "x", "xo", "xoff", "s")
+
     def codegen(context, builder, sig, args):
-        a = _Args(context, builder, sig, args, ("w", "woff", "x", "xoff"))
+        a = _Args(context, builder, sig, args, names)
         f32x16 = ir.VectorType(ir.FloatType(), 16)
         m = builder.lshr(_load(builder, a.array("w"), a.intp("woff"), _V16), ir.Constant(_V16, [4] * 16))
         mf = builder.uitofp(m, f32x16)
-        bs = _load(builder, a.array("x"), a.intp("xoff"), f32x16)
-        v = builder.fmul(mf, bs)
-        for width in (8, 4, 2, 1):  # halve: exact sums of integers, so the order does not matter
-            lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, width), list(range(width))))
-            hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, width), list(range(width, 2 * width))))
-            v = builder.fadd(lo, hi)
-        return builder.extract_element(v, ir.Constant(_I32, 0))
+        even = ir.Constant(_I32X8, list(range(0, 16, 2)))
+        odd = ir.Constant(_I32X8, list(range(1, 16, 2)))
+        xoff = a.intp("xoff")
+        for t in range(n):
+            bs = _load(builder, a.array("x"), builder.add(a.element("xo", t), xoff), f32x16)
+            v = builder.fmul(mf, bs)
+            pairs = builder.fadd(builder.shuffle_vector(v, v, even), builder.shuffle_vector(v, v, odd))
+            fa = _lanes(a, "acc", _F32X8, t)
+            sv = _splat(builder, a.element("s", t), _F32X8, 8)
+            builder.store(builder.call(_fma8(builder), [sv, pairs, builder.load(fa, align=4)]), fa, align=4)
+        return context.get_dummy_value()
 
-    return types.float32(w, woff, x, xoff), codegen
+    return types.none(nt, acc, w, woff, x, xo, xoff, s), codegen
 
 
 @intrinsic

@@ -33,7 +33,7 @@ import numpy as np
 from numba import carray, njit
 
 from .int_intrinsics import (BYTE, LUT, LUT_IQ4NL, LUT_MXFP4, NIB, NIB5, acc_block32, f32_at, flush8, iacc_bits32,
-                             iacc_lut16, mins16, stack_i32)
+                             iacc_lut16, mins_fma, stack_i32)
 from .rows_common import E8M0_HALF, JIT_DOT, f16_at, stack_f32
 
 # the token counts the kernels are built for: a lone token, and the groups of dot_rows_multi
@@ -161,6 +161,7 @@ def _make_dot_k(nt: int, block_bytes: int, kind: str):
         sc = carray(stack_f32(nt), nt)
         sm = carray(stack_f32(nt), nt)
         summ = carray(stack_f32(nt), nt)
+        ms = carray(stack_f32(nt), nt)
         for j in range(n_lanes):
             acc[j] = np.float32(0.0)
             iacc[j] = np.int32(0)
@@ -195,9 +196,11 @@ def _make_dot_k(nt: int, block_bytes: int, kind: str):
                         g = o + 8 * h + 2 * k
                         iacc_bits32(0, 3, 0, 0, nt, iacc, w, o + 16 + 32 * h, 2 * k, o, 0, x, xo,
                                     xb + 128 * h + 32 * k, w[g] & 15, w[g + 1] & 15)
-                for t in range(nt):
-                    summ[t] = mins16(w, o, x, xo[t] + ob + 64 * b)
                 d, dmin = f16_at(w, o + 80), f16_at(w, o + 82)
+                for t in range(nt):
+                    ms[t] = -(f32_at(x, xo[t] + n + 4 * b) * dmin)
+                mins_fma(nt, acc, w, o, x, xo, ob + 64 * b, ms)  # into the lanes, before the block's sums
+                dmin = np.float32(0.0)
             elif code == Q3K:
                 for h in range(2):
                     for k in range(4):
