@@ -467,6 +467,11 @@ def _attn_combine(mbuf, lbuf, abuf, sinks, has_sinks, out):
             o[d] = o[d] * f
 
 
+# placeholders for absent optional inputs (made once: ~60 RoPE and RMSNorm calls a decode token)
+_NO_WEIGHT = np.zeros(1, np.float32)
+_NO_FREQ_FACTORS = np.ones(1, np.float32)
+
+
 def _f32c(x) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
@@ -506,7 +511,7 @@ class NumbaOps(NumpyOps):
         x2 = x.reshape(-1, shape[-1])
         y = np.empty_like(x2)
         has_w = weight is not None
-        w = _f32c(weight) if has_w else np.zeros(1, np.float32)
+        w = _f32c(weight) if has_w else _NO_WEIGHT
         if has_w and w.shape != (shape[-1],):
             raise ValueError(f"rms_norm weight {w.shape} does not match rows of {shape[-1]}")
         _rms_norm_ser(x2, w, has_w, np.float32(eps), y)
@@ -526,7 +531,7 @@ class NumbaOps(NumpyOps):
         ff = rope_freq_factors(p)
         has_ff = ff is not None
         if not has_ff:
-            ff = np.ones(1, np.float32)
+            ff = _NO_FREQ_FACTORS
         out = np.empty_like(x)
         _rope_ser(x, out, pos, p.n_dims, p.mode == "neox", theta_scale, freq_scale, ext_factor, mscale, low, high,
              ff, has_ff)

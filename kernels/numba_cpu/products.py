@@ -539,14 +539,14 @@ class _Compiled:
     def __init__(self, fn):
         self.fn = fn
         self._lock = threading.Lock()
-        self._ready = False
+        self.ready = False
 
     def __call__(self, *args):
-        if self._ready:
+        if self.ready:
             return self.fn(*args)
         with self._lock, slp_compile_scope():
             self.fn(*args)
-            self._ready = True
+            self.ready = True
 
 
 _DRIVERS: dict[GGMLType, _TypeDrivers] = {}
@@ -708,22 +708,65 @@ def matmul(x, w: QTensor, n_threads: int, path=None, activations: str = "f32") -
     """y = x @ W.T for W (n_out, n_in): x (n_tok, n_in) -> (n_tok, n_out), x (n_in,) -> (n_out,).
     `path`: how the tokens are grouped (PATHS); `activations`: "llama.cpp" rounds x as llama.cpp does
     (int8 blocks and integer dot products where the type has them), "f32" keeps it exact."""
-    d, w3 = _prepared(w, 2)
-    n_out, n_in = w.shape
     x = np.asarray(x, dtype=np.float32)
-    if x.ndim not in (1, 2) or x.shape[-1] != n_in:
-        raise ValueError(f"matmul: x has shape {x.shape}, weight {w.name or ''} expects (..., {n_in})")
-    x2 = _readonly(np.ascontiguousarray(x.reshape(-1, n_in)))
-    n_tok = x2.shape[0]
-    out = np.empty((n_tok, n_out), np.float32)
-    if n_tok and n_out:
-        g_exp, g_off, members, direct_max, tiled = _plain_groups(n_tok, path)
-        rounded, xf = _inputs(x2, w, activations, tiled)
-        nt = _threads_for(n_out * n_in * (n_tok + 4 * (len(g_off) - 1) * tiled), n_threads)
-        chunk = _chunk_rows(n_out, n_in, len(g_off) - 1, tiled, nt)
-        d.groups(rounded, _kind(n_tok, n_tok, direct_max), w3, x2, xf, g_exp, g_off, members, members, out, chunk,
-                 direct_max)
-    return out.reshape(n_out) if x.ndim == 1 else out
+    n_tok = x.shape[0] if x.ndim == 2 else 1
+    key = (n_tok, path, activations, n_threads)
+    plans = _plans_of(w)
+    plan = plans.get(key)
+    if plan is None:
+        plan = plans[key] = _MatmulPlan(w, n_tok, path, activations, n_threads)
+    if x.ndim not in (1, 2) or x.shape[-1] != plan.n_in:
+        raise ValueError(f"matmul: x has shape {x.shape}, weight {w.name or ''} expects (..., {plan.n_in})")
+    x2 = x.reshape(n_tok, plan.n_in)
+    if not x2.flags.c_contiguous:
+        x2 = np.ascontiguousarray(x2)
+    x2 = x2.view()
+    x2.flags.writeable = False
+    out = np.empty((n_tok, plan.n_out), np.float32)
+    if n_tok and plan.n_out:
+        xf = plan.xf
+        if xf is None:
+            xf = _readonly(np.ascontiguousarray(for_weight(x2, w.qtype, activations), np.float32))
+        pool.use(plan.nt)
+        plan.fn(plan.w3, x2, xf, plan.g_exp, plan.g_off, plan.members, plan.members, out, plan.chunk,
+                plan.direct_max)
+    return out.reshape(plan.n_out) if x.ndim == 1 else out
+
+
+class _MatmulPlan:
+    """What a plain product of a weight with n_tok tokens passes to its driver, worked out once: a
+    decode token makes ~120 products, and working these out each time cost ~5 us a product."""
+
+    def __init__(self, w: QTensor, n_tok: int, path, activations: str, n_threads: int):
+        d, self.w3 = _prepared(w, 2)
+        self.n_out, self.n_in = w.shape
+        self.g_exp, self.g_off, self.members, self.direct_max, tiled = _plain_groups(n_tok, path)
+        rounded = activations == "llama.cpp" and w.qtype in INT_KERNELS
+        # float x for the float kernels, made per call; none when only the integer kernels run
+        self.xf = None if not rounded or (tiled and w.qtype not in gemm_int.GEMMS) else _no_rows(_x_width(w),
+                                                                                               np.float32)
+        self.nt = _threads_for(self.n_out * self.n_in * (n_tok + 4 * (len(self.g_off) - 1) * tiled), n_threads)
+        self.chunk = _chunk_rows(self.n_out, self.n_in, len(self.g_off) - 1, tiled, self.nt)
+        fn = d._fn((rounded, _kind(n_tok, n_tok, self.direct_max)))
+        self.fn = fn.fn if fn.ready else fn  # the jitted driver itself once it is compiled
+
+
+_PLANS: dict = {}
+
+
+def _plans_of(w: QTensor) -> dict:
+    """The plans of a weight ({key: plan}), kept while the weight lives (by id, checked by a weak reference)."""
+    e = _PLANS.get(id(w))
+    if e is not None and e[0]() is w:
+        return e[1]
+    i = id(w)
+
+    def gone(ref, i=i):
+        if _PLANS.get(i, (None,))[0] is ref:
+            del _PLANS[i]
+
+    e = _PLANS[i] = (weakref.ref(w, gone), {})
+    return e[1]
 
 
 _PLAIN_GROUPS: dict = {}
