@@ -1,7 +1,7 @@
 """The "cpu" backend: Numba kernels.
 
 Products with quantized weights (`matmul`, `matmul_experts`, `get_rows`) read the GGML blocks
-directly (products.py, rows_*.py); elementwise ops and attention come from `NumbaOps` (ops.py).
+directly (products.py over drivers.py, rows_*.py); elementwise ops and attention come from `NumbaOps` (ops.py).
 Weights are used in their GGML storage layout as `upload` returns them: no repacking, no copy.
 Activations are rounded as llama.cpp rounds them (`activations="llama.cpp"`, see quant/activations.py)
 unless asked for exact float32 products (`activations="f32"`); rounded, a matrix-vector product of a

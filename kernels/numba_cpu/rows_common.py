@@ -44,9 +44,9 @@ from quant import nonlinear as _nonlinear
 # fast-math for the dot products: FMA contraction only (see the module doc for why not 'reassoc').
 FM_DOT = {"contract", "nsz"}
 # Row kernels are inlined at numba-IR level (inline="always") into the per-type row-range functions
-# of products.py: a call per row would pass ~7 words per array argument and update the reference
+# of drivers.py: a call per row would pass ~7 words per array argument and update the reference
 # counts of each array view atomically, about as much work as a short row. Inlined code takes the
-# *caller's* fastmath flags (products.py compiles the dot ranges with FM_DOT, the dequant ranges
+# *caller's* fastmath flags (drivers.py compiles the dot ranges with FM_DOT, the dequant ranges
 # with none).
 JIT_DOT = dict(fastmath=FM_DOT, error_model="numpy", boundscheck=False, nogil=True, inline="always")
 # plain float loops left to the loop vectorizer (rows_float.tile_dot44): not inlined, own flags.

@@ -1,7 +1,7 @@
 """A first run compiles on two cores: a helper process builds the op kernels while this one builds the products.
 
 With an empty kernel cache (kernel_cache.py) a first `run` spends ~15 s of one core compiling: the
-product drivers of each weight type present (products.py) and the op kernels (ops.py). Numba
+product drivers of each weight type present (drivers.py) and the op kernels (ops.py). Numba
 compiles one function at a time per process (a global compiler lock), so the wall time is the sum.
 Split in two it is about halved on a machine with a second core:
 
