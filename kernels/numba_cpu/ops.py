@@ -467,9 +467,20 @@ def _attn_combine(mbuf, lbuf, abuf, sinks, has_sinks, out):
             o[d] = o[d] * f
 
 
-# placeholders for absent optional inputs (made once: ~60 RoPE and RMSNorm calls a decode token)
+# placeholders for absent optional inputs, made once (~120 op calls a decode token take them)
 _NO_WEIGHT = np.zeros(1, np.float32)
 _NO_FREQ_FACTORS = np.ones(1, np.float32)
+_NO_SPLIT = (np.empty((1, 1, 1), np.float32), np.empty((1, 1, 1), np.float64), np.empty((1, 1, 1, 1), np.float32))
+_ZERO_1 = np.zeros(1, np.int64)
+_ARANGE = [np.arange(0, dtype=np.int64)]
+
+
+def _arange(n: int) -> np.ndarray:
+    """0..n-1 as int64 (a view of one array kept for the biggest n asked; the kernels only read it)."""
+    a = _ARANGE[0]
+    if a.shape[0] < n:
+        a = _ARANGE[0] = np.arange(max(n, 2 * a.shape[0]), dtype=np.int64)
+    return a[:n]
 
 
 def _f32c(x) -> np.ndarray:
@@ -592,20 +603,23 @@ class NumbaOps(NumpyOps):
         if qp.shape[0] != n_tok:
             raise ValueError(f"attention: {qp.shape[0]} query positions for {n_tok} tokens")
         if kv_pos is None:
-            kp = np.arange(n_kv, dtype=np.int64)
+            kp = _arange(n_kv)
         else:
             kp = np.ascontiguousarray(np.asarray(kv_pos).reshape(-1), dtype=np.int64)
             if kp.shape[0] != n_kv:
                 raise ValueError(f"attention: {kp.shape[0]} kv positions for {n_kv} cache rows")
         has_sinks = sinks is not None
-        sk = _f32c(sinks).reshape(n_head) if has_sinks else np.zeros(1, np.float32)
+        sk = _f32c(sinks).reshape(n_head) if has_sinks else _NO_WEIGHT
         out = np.empty((n_tok, n_head, d_v), np.float32)
         if n_tok == 0:
             return out
         p16 = self.half_attention
         if p16:  # ggml without flash attention: f16 Q (K and V are stored in f16: round_kv)
             q = f16_rounded(q)
-        lo, hi = check_spans(spans, n_tok, n_kv)
+        if spans is None and n_tok == 1:  # a decode token: its whole cache
+            lo, hi = _ZERO_1, np.full(1, n_kv, np.int64)
+        else:
+            lo, hi = check_spans(spans, n_tok, n_kv)
         seen = int(np.sum(hi - lo)) if spans is not None else n_tok * n_kv  # the (token, kv row) pairs
         parallel = self._parallel(n_head * max(seen, 1) * (d_k + d_v))
         n_chunks = 1 if p16 or spans is not None else self._kv_chunks(n_tok * n_head_kv, n_kv, parallel)
@@ -613,10 +627,8 @@ class NumbaOps(NumpyOps):
             mbuf = np.empty((n_tok, n_head, n_chunks), np.float32)
             lbuf = np.empty((n_tok, n_head, n_chunks), np.float64)
             abuf = np.empty((n_tok, n_head, n_chunks, d_v), np.float32)
-        else:
-            mbuf = np.empty((1, 1, 1), np.float32)
-            lbuf = np.empty((1, 1, 1), np.float64)
-            abuf = np.empty((1, 1, 1, 1), np.float32)
+        else:  # unused (the kernel writes them only with n_chunks > 1)
+            mbuf, lbuf, abuf = _NO_SPLIT
         kern = _attn_par if parallel else _attn_ser
         kern(q, k, v, qp, kp, lo, hi, np.float32(scale), np.int64(window or 0), sk, has_sinks, n_chunks, out, mbuf, lbuf,
              abuf, p16, np.float32(softcap or 0.0))
