@@ -326,6 +326,47 @@ def mins_fma(typingctx, nt, acc, w, woff, x, xo, xoff, s):
 
 
 @intrinsic
+def q2k_scales(typingctx, w, woff, out):
+    """out[j] = w[woff + j] & 15 for j < 16: the group scales of the Q2_K super-block at w[woff], in one
+    vector (as q3k_scales; per group, two byte loads and masks per sub-block call)."""
+    def codegen(context, builder, sig, args):
+        a = _Args(context, builder, sig, args, ("w", "woff", "out"))
+        b = builder
+        i32x16 = ir.VectorType(_I32, 16)
+        q = b.zext(_load(b, a.array("w"), a.intp("woff"), _V16), i32x16)
+        b.store(b.and_(q, ir.Constant(i32x16, [15] * 16)), b.bitcast(a.array("out").data, i32x16.as_pointer()),
+                align=4)
+        return context.get_dummy_value()
+
+    return types.none(w, woff, out), codegen
+
+
+@intrinsic
+def q3k_scales(typingctx, w, woff, out):
+    """out[j] for j < 16: the signed 6-bit scale (minus 32) of group j of the Q3_K super-block at w[woff]
+    -- low 4 bits from byte 96 + (j & 7) shifted by 4 * (j >> 3), high 2 bits from byte 104 + (j & 3)
+    shifted by 2 * (j >> 2) -- all 16 in one vector. Decoded per group as scalars (rows_int.q3k_scale),
+    the scales took about as many instructions as the super-block's integer dot products."""
+    def codegen(context, builder, sig, args):
+        a = _Args(context, builder, sig, args, ("w", "woff", "out"))
+        b = builder
+        i32x16 = ir.VectorType(_I32, 16)
+        v8, v4 = ir.VectorType(_I8, 8), ir.VectorType(_I8, 4)
+        w, off = a.array("w"), a.intp("woff")
+        lo = _load(b, w, b.add(off, ir.Constant(off.type, 96)), v8)
+        lo = b.zext(b.shuffle_vector(lo, lo, ir.Constant(ir.VectorType(_I32, 16), list(range(8)) * 2)), i32x16)
+        lo = b.and_(b.lshr(lo, ir.Constant(i32x16, [0] * 8 + [4] * 8)), ir.Constant(i32x16, [15] * 16))
+        hi = _load(b, w, b.add(off, ir.Constant(off.type, 104)), v4)
+        hi = b.zext(b.shuffle_vector(hi, hi, ir.Constant(ir.VectorType(_I32, 16), list(range(4)) * 4)), i32x16)
+        hi = b.and_(b.lshr(hi, ir.Constant(i32x16, [0] * 4 + [2] * 4 + [4] * 4 + [6] * 4)), ir.Constant(i32x16, [3] * 16))
+        sc = b.sub(b.or_(lo, b.shl(hi, ir.Constant(i32x16, [4] * 16))), ir.Constant(i32x16, [32] * 16))
+        b.store(sc, b.bitcast(a.array("out").data, i32x16.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return types.none(w, woff, out), codegen
+
+
+@intrinsic
 def panel_acc(typingctx, nt, xkind, halves, acc, codes, coff, sc, mn, wc, c, xu, xo, xoff, dxoff, xmoff):
     """One 32-element chunk c of an 8-row panel (gemm_int.py) against nt tokens: for each t < nt,
     acc[8t + r] += row r's chunk times token t's, all 8 rows in the lanes of one vector.

@@ -33,7 +33,7 @@ import numpy as np
 from numba import carray, njit
 
 from .int_intrinsics import (BYTE, LUT, LUT_IQ4NL, LUT_MXFP4, NIB, NIB5, acc_block32, f32_at, flush8, iacc_bits32,
-                             iacc_lut16, mins_fma, stack_i32)
+                             iacc_lut16, mins_fma, q2k_scales, q3k_scales, stack_i32)
 from .rows_common import E8M0_HALF, JIT_DOT, f16_at, stack_f32
 
 # the token counts the kernels are built for: a lone token, and the groups of dot_rows_multi
@@ -162,6 +162,7 @@ def _make_dot_k(nt: int, block_bytes: int, kind: str):
         sm = carray(stack_f32(nt), nt)
         summ = carray(stack_f32(nt), nt)
         ms = carray(stack_f32(nt), nt)
+        scs = carray(stack_i32(16), 16)  # Q2_K's, Q3_K's group scales
         for j in range(n_lanes):
             acc[j] = np.float32(0.0)
             iacc[j] = np.int32(0)
@@ -191,22 +192,24 @@ def _make_dot_k(nt: int, block_bytes: int, kind: str):
                                     np.int8(w[s + 1]))
                 d, dmin = f16_at(w, o + 208), np.float32(0.0)
             elif code == Q2K:
+                q2k_scales(w, o, scs)
                 for h in range(2):
                     for k in range(4):
-                        g = o + 8 * h + 2 * k
+                        j = 8 * h + 2 * k
                         iacc_bits32(0, 3, 0, 0, nt, iacc, w, o + 16 + 32 * h, 2 * k, o, 0, x, xo,
-                                    xb + 128 * h + 32 * k, w[g] & 15, w[g + 1] & 15)
+                                    xb + 128 * h + 32 * k, scs[j], scs[j + 1])
                 d, dmin = f16_at(w, o + 80), f16_at(w, o + 82)
                 for t in range(nt):
                     ms[t] = -(f32_at(x, xo[t] + n + 4 * b) * dmin)
                 mins_fma(nt, acc, w, o, x, xo, ob + 64 * b, ms)  # into the lanes, before the block's sums
                 dmin = np.float32(0.0)
             elif code == Q3K:
+                q3k_scales(w, o, scs)
                 for h in range(2):
                     for k in range(4):
                         j = 8 * h + 2 * k
                         iacc_bits32(4, 3, 1, 2, nt, iacc, w, o + 32 + 32 * h, 2 * k, o, 4 * h + k, x, xo,
-                                    xb + 128 * h + 32 * k, q3k_scale(w, o, j), q3k_scale(w, o, j + 1))
+                                    xb + 128 * h + 32 * k, scs[j], scs[j + 1])
                 d, dmin = f16_at(w, o + 108), np.float32(0.0)
             else:  # iq4_xs
                 sh = np.int32(w[o + 2]) | (np.int32(w[o + 3]) << 8)
