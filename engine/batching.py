@@ -210,6 +210,23 @@ class BatchScheduler:
             raise w.error
         return w.result
 
+    def warm_up(self, caches):
+        """One prompt step and one decode step of two sequences, before any request: a JIT backend (the
+        Numba CPU backend) compiles the kernels batched steps take (products of a few rows, pooled
+        attention) now, at load, rather than in the first batched step of a serving server, where the
+        compilation (seconds, holding the GIL) would stall every stream and /health. The caches are
+        emptied again."""
+        for decode, tokens in ((False, [1, 2]), (True, [3])):
+            works = [Work(c, tokens, decode, "last") for c in caches]
+            self._step(works)
+            for w in works:
+                if w.error is not None:
+                    raise w.error
+        for c in caches:
+            c.truncate(0)
+        self.steps = self.rows = self.max_batch = 0
+        self._last_step_s = 0.0  # (a compiling step's time would set the first real step's gather wait)
+
     def leave(self, cache):
         """`cache`'s sequence is done (finished, cancelled): the next step does not wait for it."""
         with self._cv:
@@ -327,4 +344,6 @@ def batched_slots(engine, parallel: int, budget: int = 512, exact: bool = True) 
         e.model.n_ctx = engine.n_ctx  # the served context (Phi-3 picks its RoPE factors by it), not a slot's
         sched.attach(e.cache)
         slots.append(e)
+    if parallel > 1 and any(getattr(be, "compute_thread", None) for be in engine.model.place.backends()):
+        sched.warm_up([s.cache for s in slots[:2]])
     return slots

@@ -502,7 +502,22 @@ class DecoderModel:
 
     def forward(self, tokens, cache: KVCache, last_only: bool = True, embeddings: bool = False):
         """Run `tokens` (n_tok,) at cache positions n_past..; return logits (1 or n_tok, n_vocab), or
-        with `embeddings` the output-normed hidden states (llama.cpp's t_embd) instead."""
+        with `embeddings` the output-normed hidden states (llama.cpp's t_embd) instead. On a backend
+        with a `compute_thread` (the Numba CPU backend) the pass runs on that one thread, whichever
+        thread calls."""
+        on = self._compute_thread()
+        if on is not None:
+            return on(self._forward, tokens, cache, last_only, embeddings)
+        return self._forward(tokens, cache, last_only, embeddings)
+
+    def _compute_thread(self):
+        on = getattr(self, "_on_thread", False)
+        if on is False:
+            on = self._on_thread = next((be.compute_thread for be in self.place.backends()
+                                         if getattr(be, "compute_thread", None) is not None), None)
+        return on
+
+    def _forward(self, tokens, cache: KVCache, last_only: bool, embeddings: bool):
         n = len(tokens)
         cache.check_room(n)
         run = Pass(self.place, tokens, cache.positions(n), cache.view)

@@ -24,7 +24,8 @@ from quant import QTensor  # noqa: E402
 
 from kernels.base import check_activations  # noqa: E402
 
-from . import cache_lock, products, warm  # noqa: E402
+from . import cache_lock, compute_thread, products, warm  # noqa: E402,F401
+from .compute_thread import pinned, run as run_on_compute_thread  # noqa: E402
 from .ops import NumbaOps  # noqa: E402
 
 cache_lock.install()  # processes compiling into one cache (warm.py's helpers, replicas) cannot mix entries
@@ -44,6 +45,12 @@ class NumbaBackend(NumbaOps):
         self.activations = check_activations(activations)
         self._qtypes: dict = {}  # matrices uploaded per weight type (warm.products_for)
         warm.start()  # with an empty kernel cache: a helper compiles the op kernels meanwhile
+
+    @staticmethod
+    def compute_thread(fn, *args, **kwargs):
+        """Run a forward pass on the process's one compute thread (compute_thread.py: GNU OpenMP keeps a
+        worker pool per calling thread, and a second pool halves every parallel kernel's speed)."""
+        return run_on_compute_thread(fn, *args, **kwargs)
 
     @property
     def batch_invariant(self) -> bool:
@@ -69,10 +76,12 @@ class NumbaBackend(NumbaOps):
 
     # --- products with quantized weights
 
+    @pinned
     def matmul(self, x, w: QTensor, bias=None, path=None) -> np.ndarray:
         y = products.matmul(x, w, self.n_threads, path, self.activations)
         return y if bias is None else y + bias
 
+    @pinned
     def matmul_experts(self, x, w: QTensor, ids, bias=None, path=None) -> np.ndarray:
         y = products.matmul_experts(x, w, ids, self.n_threads, path, self.activations)
         return y if bias is None else y + np.asarray(bias, np.float32)[np.asarray(ids)]

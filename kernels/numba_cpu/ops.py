@@ -31,6 +31,7 @@ from ..base import RopeParams
 from . import pool
 from .activations import f16_rounded, to_f16
 from .rows_common import as_f32
+from .compute_thread import pinned
 from .thin_drivers import thin
 from ..ops_numpy import (
     GELU_F16_TABLE,
@@ -557,6 +558,7 @@ class NumbaOps(NumpyOps):
         _softmax_ser(x2, y)
         return y.reshape(shape)
 
+    @pinned
     def _act(self, kind: int, x, g=None):
         self._warm()
         x = _f32c(x)
@@ -592,6 +594,7 @@ class NumbaOps(NumpyOps):
             return 1
         return max(1, min(-(-4 * nt // n_items), n_kv // 256))
 
+    @pinned
     def attention(self, q, k, v, q_pos, *, scale: float, window: int = 0, sinks=None, kv_pos=None,
                   softcap: float = 0.0, spans=None):
         self._warm()
