@@ -11,7 +11,9 @@ float32 array summed by NumPy on one thread and by Numba on all threads; the bet
 Shapes: SmolLM2-135M's 576x1536 and 1536x576 (K-quants, whose rows need n_in % 256 == 0, use
 1536x768 instead) and a 2048x8192 projection. The same weight is reused each round, so these
 weights (0.2-67 MB) are read from the caches when they fit; a model's weights, read one after the
-other, come from DRAM -- compare with the bandwidth line.
+other, come from DRAM -- compare with the bandwidth line. Everything is timed on the backend's compute
+thread (kernels/numba_cpu/compute_thread.py), as a forward pass calls the products: from another
+thread each call would include handing it over (~50 us).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from kernels.numba_cpu import compute_thread  # noqa: E402
 from quant import GGMLType, quant_type  # noqa: E402
 from qdata import random_qtensor  # noqa: E402
 
@@ -118,14 +121,14 @@ if pytest is not None:
         benchmark.extra_info["bytes"] = a.nbytes
         if benchmark.stats is not None:
             benchmark.extra_info["GB/s"] = round(a.nbytes / benchmark.stats.stats.median / 1e9, 2)
-        benchmark.extra_info["all"] = {k: round(v, 2) for k, v in measure_bandwidth(repeat=3).items()}
+        benchmark.extra_info["all"] = {k: round(v, 2) for k, v in compute_thread.run(measure_bandwidth, repeat=3).items()}
 
     @pytest.mark.parametrize("type_name,shape", CASES, ids=[f"{t}-{s[0]}x{s[1]}" for t, s in CASES])
     def test_matvec(benchmark, cpu, type_name, shape):
         w, x = make_case(type_name, shape)
         w = cpu.upload(w)
         cpu.matmul(x, w)  # compile / load the cache outside the timing
-        benchmark(cpu.matmul, x, w)
+        compute_thread.run(benchmark, cpu.matmul, x, w)
         benchmark.extra_info.update(type=type_name, shape=list(shape), bytes=w.nbytes)
         if benchmark.stats is not None:
             med = benchmark.stats.stats.median
@@ -137,6 +140,10 @@ if pytest is not None:
 
 
 def time_matvec(be, w, x, min_time: float = 0.2, min_runs: int = 20) -> float:
+    return compute_thread.run(_time_matvec, be, w, x, min_time, min_runs)
+
+
+def _time_matvec(be, w, x, min_time: float, min_runs: int) -> float:
     be.matmul(x, w)
     ts: list[float] = []
     t_end = time.perf_counter() + min_time
@@ -153,7 +160,7 @@ def main(argv=None) -> int:
     ap.add_argument("--types", default=",".join(TYPES), help="comma-separated GGML types")
     args = ap.parse_args(argv)
     be = backend(args.threads)
-    bw = measure_bandwidth(be.n_threads)
+    bw = compute_thread.run(measure_bandwidth, be.n_threads)
     best = max(bw.values())
     print("memory bandwidth (1 GiB read): " + ", ".join(f"{k}: {v:.1f} GB/s" for k, v in bw.items()))
     print(f"threads: {be.n_threads}\n")
