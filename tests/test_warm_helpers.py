@@ -42,3 +42,50 @@ def test_product_helper_fills_the_cache(tmp_path):
     # Q4_0's prompt driver (the second of four) and Q8_0's (the fourth) came from the helper's entries
     assert "Q4_0 wide hits 1 misses 0" in lines, r.stdout
     assert "Q8_0 wide hits 1 misses 0" in lines, r.stdout
+
+
+COMPILE_ONE = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from kernels.numba_cpu import NumbaBackend
+    from qdata import random_qtensor
+    from quant import GGMLType
+
+    qt = GGMLType[sys.argv[1]]
+    be = NumbaBackend(n_threads=2)
+    w = random_qtensor(qt, (33, 1024), np.random.default_rng(0))
+    be.matmul(np.ones((17, 1024), np.float32), w)  # the prompt driver, compiled into the cache
+""")
+
+CHECK_BOTH = textwrap.dedent("""
+    import numpy as np
+    from kernels.numba_cpu import NumbaBackend
+    from kernels.reference import NumpyBackend
+    from qdata import random_qtensor
+    from quant import GGMLType
+
+    be, ref = NumbaBackend(n_threads=2), NumpyBackend()
+    rng = np.random.default_rng(1)
+    for qt in (GGMLType.Q4_1, GGMLType.Q6_K):
+        w = random_qtensor(qt, (33, 1024), rng)
+        x = rng.standard_normal((17, 1024)).astype(np.float32)
+        y, y_ref = be.matmul(x, w), ref.matmul(x, w)
+        err = float(np.abs(y - y_ref).max() / np.abs(y_ref).max())
+        print(qt.name, "finite", bool(np.all(np.isfinite(y))), "err", err)
+        assert np.all(np.isfinite(y)) and err < 1e-2, (qt.name, err)
+""")
+
+
+def test_drivers_compiled_in_different_processes_load_together(tmp_path):
+    """Q4_1's and Q6_K's prompt drivers compiled by two processes, then both loaded by a third: each
+    computes its own type (kernels/numba_cpu/unique_symbols.py; with numba's per-process counter the
+    two cached drivers carried different GEMMs under one symbol name, and the second ran the first's)."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), GGUFPY_WARM_HELPER="0",
+               PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
+    for name in ("Q4_1", "Q6_K"):
+        r = subprocess.run([sys.executable, "-c", COMPILE_ONE, name], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+    r = subprocess.run([sys.executable, "-c", CHECK_BOTH], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]

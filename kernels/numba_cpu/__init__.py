@@ -18,6 +18,8 @@ from . import kernel_cache
 
 kernel_cache.configure()  # before the kernel modules below decorate anything
 
+from . import unique_symbols  # noqa: E402,F401  (before any kernel compiles: symbol names unique across processes)
+
 import numpy as np  # noqa: E402
 
 from quant import QTensor  # noqa: E402

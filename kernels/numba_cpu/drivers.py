@@ -54,6 +54,7 @@ from .activations import pack_q8_32, pack_q8_32_into, pack_q8_k, pack_q8_k_into,
 from .int_intrinsics import stack_i64
 from .rows_common import FM_DOT, prefetch, prefetch_l2, slp_compile_scope, stack_f32
 from .rows_float import tile_dot44
+from . import unique_symbols
 from .thin_drivers import thin
 
 ROW_KERNELS: dict[GGMLType, tuple] = {
@@ -106,8 +107,9 @@ def _kernel_hash() -> str:
     h = hashlib.sha1()
     here = Path(__file__).resolve().parent
     for name in ("rows_common.py", "rows_legacy.py", "rows_k.py", "rows_float.py", "rows_int.py", "int_intrinsics.py",
-                 "gemm_int.py"):
+                 "gemm_int.py", "activations.py"):
         h.update((here / name).read_bytes())
+    h.update(unique_symbols.SCHEME.encode())  # drivers cached with per-process symbol names are not reused
     return h.hexdigest()[:16]
 
 

@@ -47,6 +47,7 @@ DIRECT_MAX = 4                  # groups of up to this many tokens dot straight 
 ROWS_MAX = 1 << 30              # path="rows": every group dots from the blocks, however many tokens
 TILE_BYTES = 512 << 10          # float32 bytes of a work item's dequantized tile (bigger groups)
 PARALLEL_MIN_WORK = 1 << 15     # below this many multiply-adds (weights x tokens), run on one thread
+PLANNED_MAX_TOKENS = 64         # products of up to this many tokens keep their plan (decode, batched steps)
 
 
 # --- helpers
@@ -190,11 +191,14 @@ def matmul(x, w: QTensor, n_threads: int, path=None, activations: str = "f32") -
     (int8 blocks and integer dot products where the type has them), "f32" keeps it exact."""
     x = np.asarray(x, dtype=np.float32)
     n_tok = x.shape[0] if x.ndim == 2 else 1
-    key = (n_tok, path, activations, n_threads)
-    plans = _plans_of(w)
-    plan = plans.get(key)
-    if plan is None:
-        plan = plans[key] = _MatmulPlan(w, n_tok, path, activations, n_threads)
+    if n_tok <= PLANNED_MAX_TOKENS:
+        key = (n_tok, path, activations, n_threads)
+        plans = _plans_of(w)
+        plan = plans.get(key)
+        if plan is None:
+            plan = plans[key] = _MatmulPlan(w, n_tok, path, activations, n_threads)
+    else:  # a prompt chunk: planning is nothing beside the product, and lengths vary without bound
+        plan = _MatmulPlan(w, n_tok, path, activations, n_threads)
     if x.ndim not in (1, 2) or x.shape[-1] != plan.n_in:
         raise ValueError(f"matmul: x has shape {x.shape}, weight {w.name or ''} expects (..., {plan.n_in})")
     x2 = x.reshape(n_tok, plan.n_in)
