@@ -344,6 +344,6 @@ def batched_slots(engine, parallel: int, budget: int = 512, exact: bool = True) 
         e.model.n_ctx = engine.n_ctx  # the served context (Phi-3 picks its RoPE factors by it), not a slot's
         sched.attach(e.cache)
         slots.append(e)
-    if parallel > 1 and any(getattr(be, "compute_thread", None) for be in engine.model.place.backends()):
+    if parallel > 1 and engine.model.compute_thread() is not None:
         sched.warm_up([s.cache for s in slots[:2]])
     return slots

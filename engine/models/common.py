@@ -505,12 +505,13 @@ class DecoderModel:
         with `embeddings` the output-normed hidden states (llama.cpp's t_embd) instead. On a backend
         with a `compute_thread` (the Numba CPU backend) the pass runs on that one thread, whichever
         thread calls."""
-        on = self._compute_thread()
+        on = self.compute_thread()
         if on is not None:
             return on(self._forward, tokens, cache, last_only, embeddings)
         return self._forward(tokens, cache, last_only, embeddings)
 
-    def _compute_thread(self):
+    def compute_thread(self):
+        """The runner of the backend's one compute thread (kernels/numba_cpu/compute_thread.py), or None."""
         on = getattr(self, "_on_thread", False)
         if on is False:
             on = self._on_thread = next((be.compute_thread for be in self.place.backends()

@@ -497,10 +497,8 @@ class _TypeDrivers:
             with self._lock:
                 fn = self._fns.get(key)
                 if fn is None:
-                    fn = (_make_dequant(int(self.qt), KERNEL_HASH) if key == "dequant"
-                          else _make_groups(int(self.qt), KERNEL_HASH, *key))
-                    self._fns[key] = _Compiled(fn)
-                    fn = self._fns[key]
+                    fn = self._fns[key] = _Compiled(_make_dequant(int(self.qt), KERNEL_HASH) if key == "dequant"
+                                                    else _make_groups(int(self.qt), KERNEL_HASH, *key))
         return fn
 
     def groups(self, rounded: bool, kind: str, *args):

@@ -99,17 +99,25 @@ def _no_rows(width: int, dtype) -> np.ndarray:
     return a
 
 
-def _inputs(x2: np.ndarray, w: QTensor, activations: str, tiled: bool):
-    """(rounded, xf) for the driver from float32 rows x2 (n, n_in): whether the driver rounds x2 to int8
-    blocks for the type's integer kernels (the type has them and activations are rounded as llama.cpp
-    rounds them); float rows (activations.for_weight: rounded or not, Q4_1/Q5_1 with block sums) for the
-    float kernels, or an array of no rows when no group uses them."""
+def _modes(w: QTensor, activations: str, tiled: bool) -> tuple[bool, bool]:
+    """(rounded, float x): whether the driver rounds x to int8 blocks for the type's integer kernels (the
+    type has them and activations are rounded as llama.cpp rounds them), and whether some group takes
+    the float kernels, which read float rows (activations.for_weight)."""
     rounded = activations == "llama.cpp" and w.qtype in INT_KERNELS
-    if not rounded or (tiled and w.qtype not in gemm_int.GEMMS):
-        xf = _readonly(np.ascontiguousarray(for_weight(x2, w.qtype, activations), np.float32))
-    else:
-        xf = _no_rows(_x_width(w), np.float32)
-    return rounded, xf
+    return rounded, not rounded or (tiled and w.qtype not in gemm_int.GEMMS)
+
+
+def _inputs(x2: np.ndarray, w: QTensor, activations: str, tiled: bool):
+    """(rounded, xf) for the driver from float32 rows x2 (n, n_in) (`_modes`): xf the float rows
+    (rounded or not, Q4_1/Q5_1 with block sums), or an array of no rows when no group uses them."""
+    rounded, floats = _modes(w, activations, tiled)
+    if floats:
+        return rounded, _float_rows(x2, w, activations)
+    return rounded, _no_rows(_x_width(w), np.float32)
+
+
+def _float_rows(x2: np.ndarray, w: QTensor, activations: str) -> np.ndarray:
+    return _readonly(np.ascontiguousarray(for_weight(x2, w.qtype, activations), np.float32))
 
 
 def _kind(smallest: int, largest: int, direct_max: int) -> str:
@@ -210,7 +218,7 @@ def matmul(x, w: QTensor, n_threads: int, path=None, activations: str = "f32") -
     if n_tok and plan.n_out:
         xf = plan.xf
         if xf is None:
-            xf = _readonly(np.ascontiguousarray(for_weight(x2, w.qtype, activations), np.float32))
+            xf = _float_rows(x2, w, activations)
         pool.use(plan.nt)
         plan.fn(plan.w3, x2, xf, plan.g_exp, plan.g_off, plan.members, plan.members, out, plan.chunk,
                 plan.direct_max)
@@ -225,10 +233,9 @@ class _MatmulPlan:
         d, self.w3 = _prepared(w, 2)
         self.n_out, self.n_in = w.shape
         self.g_exp, self.g_off, self.members, self.direct_max, tiled = _plain_groups(n_tok, path)
-        rounded = activations == "llama.cpp" and w.qtype in INT_KERNELS
-        # float x for the float kernels, made per call; none when only the integer kernels run
-        self.xf = None if not rounded or (tiled and w.qtype not in gemm_int.GEMMS) else _no_rows(_x_width(w),
-                                                                                               np.float32)
+        rounded, floats = _modes(w, activations, tiled)
+        # float x for the float kernels, made per call (None); an array of no rows when none runs
+        self.xf = None if floats else _no_rows(_x_width(w), np.float32)
         self.nt = _threads_for(self.n_out * self.n_in * (n_tok + 4 * (len(self.g_off) - 1) * tiled), n_threads)
         self.chunk = _chunk_rows(self.n_out, self.n_in, len(self.g_off) - 1, tiled, self.nt)
         fn = d._fn((rounded, _kind(n_tok, n_tok, self.direct_max)))

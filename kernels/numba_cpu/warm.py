@@ -10,9 +10,9 @@ Split in two it is about halved on a machine with a second core:
   and layouts, so that their serial and parallel drivers land in the disk cache with the signatures
   the model will ask for; then it writes a stamp file, and later processes spawn nothing.
 * meanwhile this process goes on loading the model; at the first op (`NumbaOps._warm`, before the
-  first forward pass) it compiles the decode drivers of the types the model uploaded
-  (`products_for`), then waits for the helper and loads its kernels from the cache; the prompt's
-  drivers compile at the prompt (only the types whose products see more than one token need them).
+  first forward pass) it compiles the decode and prompt drivers of the types the model uploaded
+  (`products_for`; with four or more, a second helper takes every other one), then waits for the
+  helpers and loads their kernels from the cache.
 
 The helper only fills the cache: if it fails, is slow (WAIT_S) or is switched off
 (GGUFPY_WARM_HELPER=0), this process compiles whatever it still lacks itself, as before. It is not
@@ -137,7 +137,8 @@ def products_for(backend, qtypes: dict) -> None:
     helper = None
     if len(drivers) >= PRODUCT_HELPER_MIN and _wanted():
         try:
-            helper = _spawn("products_main", [getattr(backend, "activations", "llama.cpp")] + [f"{q}:{n}" for q, n in drivers[1::2]])
+            mode = getattr(backend, "activations", "llama.cpp")
+            helper = _spawn("products_main", [mode] + [f"{q}:{n}" for q, n in drivers[1::2]])
             drivers = drivers[0::2]
         except Exception:  # pragma: no cover - this process compiles them all
             helper = None
