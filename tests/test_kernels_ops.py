@@ -590,3 +590,43 @@ def test_attention_spans_are_each_sequence_alone(fast, half, window, with_sinks)
     assert_rel(ref.attention(q, pk, pv, q_pos, kv_pos=kv_pos, spans=(lo, hi), **kw), got, 2e-3 if half else 1e-5)
     with pytest.raises(ValueError, match="spans"):
         be.attention(q, pk, pv, q_pos, kv_pos=kv_pos, spans=(lo, hi + 3 * n), **kw)
+
+
+@pytest.mark.parametrize("half", [False, True])
+@pytest.mark.parametrize("name", ["llama-normal", "partial-neox", "llama3-freq-factors", "gpt-oss-yarn"])
+@pytest.mark.parametrize("n_tok,q_scale", [(1, None), (1, 0.125), (5, None)])
+def test_numba_rope_kv_store_is_rope_rope_and_two_stores(name, n_tok, q_scale, half):
+    """The fused call (the decode path of engine/models/common.attend on the CPU) gives bit for bit what
+    rope, rope, the q scaling and two kv_store calls give, and writes the same cache rows."""
+    from kernels.numba_cpu.ops import NumbaOps
+
+    ops = type("Ops", (NumbaOps,), {"activations": "llama.cpp" if half else "f32"})()
+    assert ops.half_attention is half
+    p, r = ROPE_CASES[name], rng(21)
+    n_ctx, n_head, n_head_kv, hd = 16, 6, 2, 64
+    q, k, v = randn(r, n_tok, n_head, hd), randn(r, n_tok, n_head_kv, hd), randn(r, n_tok, n_head_kv, hd)
+    pos = np.arange(7, 7 + n_tok, dtype=np.int32)
+    kc1, vc1 = ops.new_kv(n_ctx, n_head_kv, hd), ops.new_kv(n_ctx, n_head_kv, hd)
+    kc2, vc2 = ops.new_kv(n_ctx, n_head_kv, hd), ops.new_kv(n_ctx, n_head_kv, hd)
+    want_q = ops.rope(q, pos, p)
+    if q_scale is not None:
+        want_q = want_q * np.float32(q_scale)
+    want_k, want_v = ops.kv_store(kc1, ops.rope(k, pos, p), pos), ops.kv_store(vc1, v, pos)
+    got_q, got_k, got_v = ops.rope_kv_store(kc2, vc2, q, k, v, pos, p, q_scale)
+    for got, want in ((got_q, want_q), (got_k, want_k), (got_v, want_v), (kc2, kc1), (vc2, vc1)):
+        assert got.shape == want.shape and np.array_equal(got, want)
+    assert np.shares_memory(got_k, kc2) and np.shares_memory(got_v, vc2)
+
+
+def test_numba_rope_kv_store_rejects_what_kv_store_rejects():
+    from kernels.numba_cpu.ops import NumbaOps
+
+    ops, p, r = NumbaOps(), ROPE_CASES["llama-normal"], rng(22)
+    kc, vc = ops.new_kv(4, 2, 64), ops.new_kv(4, 2, 64)
+    q, k = randn(r, 2, 4, 64), randn(r, 2, 2, 64)
+    with pytest.raises(ValueError, match="consecutive"):
+        ops.rope_kv_store(kc, vc, q, k, k, np.array([0, 2]), p)
+    with pytest.raises(ValueError, match="outside a cache of 4 rows"):
+        ops.rope_kv_store(kc, vc, q, k, k, np.array([3, 4]), p)
+    with pytest.raises(ValueError, match="positions for q, k, v"):
+        ops.rope_kv_store(kc, vc, q, k, k, np.array([0]), p)

@@ -41,6 +41,9 @@ class _Tensors:
         return self._name(attr) in self._w.gguf.tensors
 
     def get(self, attr: str, default=None):
+        t = self.__dict__.get(attr)  # a tensor looked up before (see __getattr__)
+        if t is not None:
+            return t
         return getattr(self, attr) if self.has(attr) else default
 
 
@@ -258,6 +261,20 @@ class KVCache:
         be = self.backends[layer]
         return be.kv_store(self.k[layer], k, pos), be.kv_store(self.v[layer], v, pos)
 
+    def rope_store(self, layer: int, be, q, k, v, pos, rope, q_scale=None):
+        """RoPE on q and k (q then times q_scale), k and v into layer's cache at `pos`: (q, keys, values)
+        for attention. One backend call where the backend has `rope_kv_store` (the Numba CPU backend: a
+        decode token's two ropes and two stores were four kernel calls and ~10 us of Python a layer),
+        else rope, rope and `store`."""
+        fused = getattr(be, "rope_kv_store", None)
+        if fused is not None:
+            return fused(self.k[layer], self.v[layer], q, k, v, pos, rope, q_scale)
+        q, k = be.rope(q, pos, rope), be.rope(k, pos, rope)
+        if q_scale is not None:
+            q = q * np.float32(q_scale)
+        keys, values = self.store(layer, k, v, pos)
+        return q, keys, values
+
     # --- what a forward pass asks of the cache it runs in (engine/batching.BatchCache answers the same
     # for several sequences in one pass)
     def positions(self, n: int) -> np.ndarray:
@@ -438,12 +455,17 @@ def attend(be, cache: KVCache, i: int, q, k, v, pos, rope, *, scale: float, q_sc
     `q_scale` multiplies q after RoPE (Phi-3, Gemma 2 scale Q there and attend with scale 1, so the
     f16 rounding of Q in llama.cpp's attention sees the scaled values); `softcap` is Gemma 2's
     attention soft-capping (passed only when set: backends without it still run the others)."""
-    q, k = be.rope(q, pos, rope), be.rope(k, pos, rope)
-    if q_scale is not None:
-        q = q * np.float32(q_scale)
     extra = {"softcap": softcap} if softcap else {}
     if sinks is not None:
         extra["sinks"] = sinks
+    rope_store = getattr(cache, "rope_store", None)
+    if rope_store is not None:  # a sequence's own cache: RoPE and the cache write in one call where fused
+        q, keys, values = rope_store(i, be, q, k, v, pos, rope, q_scale)
+        o = be.attention(q, keys, values, pos, scale=scale, window=window, **extra)
+        return o.reshape(q.shape[0], -1)
+    q, k = be.rope(q, pos, rope), be.rope(k, pos, rope)
+    if q_scale is not None:
+        q = q * np.float32(q_scale)
     o = cache.attend(i, be, q, k, v, pos, scale=scale, window=window, **extra)
     return o.reshape(q.shape[0], -1)
 

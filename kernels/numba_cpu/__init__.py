@@ -89,6 +89,7 @@ class NumbaBackend(NumbaOps):
         return y if bias is None else y + np.asarray(bias, np.float32)[np.asarray(ids)]
 
     def get_rows(self, w: QTensor, ids) -> np.ndarray:
+        self._warm(rows=w.qtype)  # a forward pass's first op: the warm-up compiles start here
         return products.get_rows(w, ids, self.n_threads)
 
 

@@ -1,11 +1,14 @@
 """Elementwise ops and attention as Numba kernels, with the semantics of `kernels.ops_numpy`.
 
-The activations and attention have a serial and a parallel driver around the same block (or item)
-function: small inputs (decode) skip the cost of starting the thread pool. RMSNorm, RoPE and softmax
-only have a serial one: a prompt's are a few microseconds a row, a parallel driver took ~1-2 s more
-to compile on a first run (Numba's parallel loops compile slowly; see warm.py) and ran no faster on
-2 cores (a 128-token prompt of SmolLM2: RMSNorm 16 us either way, RoPE 90-180 us serial against
-470 us and more parallel, the pool's wake-up dominating).
+The activations have a serial and a parallel driver around the same block function: small inputs
+(decode) skip the cost of starting the thread pool (~2 us of a decode token's 3 us SwiGLU). Attention
+has the parallel one only: a serial twin cost ~1.5 s of a first run's compiling, and at decode sizes
+the parallel kernel is no slower (SmolLM2, 100 cached tokens, 2 threads: 12 us against 14). RMSNorm,
+RoPE and softmax only have a serial one: a prompt's are a few microseconds a row, a parallel driver
+took ~1-2 s more to compile on a first run (Numba's parallel loops compile slowly; see warm.py) and ran
+no faster on 2 cores (a 128-token prompt of SmolLM2: RMSNorm 16 us either way, RoPE 90-180 us serial
+against 470 us and more parallel, the pool's wake-up dominating). RoPE and the KV cache write are one
+kernel (`_rope_store_ser`; `rope` alone is that kernel with no keys to store).
 
 rope and gelu do the same float32 operations as the reference (gelu bit for bit: the fp16 rounding is done with integer ops); rms_norm too, but its
 double sum is reassociated so that it vectorizes. softmax, silu and attention use a vectorizable
@@ -118,7 +121,7 @@ def _rms_norm_ser(x, w, has_w, eps, y):
 # --- rope
 
 
-@njit(**_JIT)
+@njit(inline="always", **_JIT)
 def _rope_cache(pos, half, theta_scale, freq_scale, ext_factor, mscale, low, high, ff, has_ff, cs, sn):
     """ggml_rope_cache_init for one position: cos/sin of each pair, mscale included."""
     theta = np.float32(pos)
@@ -139,12 +142,10 @@ def _rope_cache(pos, half, theta_scale, freq_scale, ext_factor, mscale, low, hig
         theta = theta * theta_scale
 
 
-@njit(**_JIT)
-def _rope_token(x, out, t, pos, n_dims, neox, theta_scale, freq_scale, ext_factor, mscale, low, high, ff, has_ff):
+@njit(inline="always", **_JIT)
+def _rope_apply(x, out, t, n_dims, neox, cs, sn):
+    """Token t of x (n_tok, n_head, head_dim) rotated by the pairs' cos/sin into out."""
     half = n_dims // 2
-    cs = np.empty(half, np.float32)
-    sn = np.empty(half, np.float32)
-    _rope_cache(pos[t], half, theta_scale, freq_scale, ext_factor, mscale, low, high, ff, has_ff, cs, sn)
     n_head, head_dim = x.shape[1], x.shape[2]
     for h in range(n_head):
         xr = x[t, h]
@@ -165,11 +166,32 @@ def _rope_token(x, out, t, pos, n_dims, neox, theta_scale, freq_scale, ext_facto
             yr[d] = xr[d]
 
 
-@thin
 @njit(**_JIT)
-def _rope_ser(x, out, pos, n_dims, neox, theta_scale, freq_scale, ext_factor, mscale, low, high, ff, has_ff):
-    for t in range(x.shape[0]):
-        _rope_token(x, out, t, pos, n_dims, neox, theta_scale, freq_scale, ext_factor, mscale, low, high, ff, has_ff)
+def _rope_store_ser(q, k, v, pos, n_dims, neox, theta_scale, freq_scale, ext_factor, mscale, low, high, ff, has_ff,
+                    q_scale, half, qo, kc, vc, start):
+    """rope(q) * q_scale into qo, rope(k) and v into cache rows start.. (f16-rounded with `half`): the
+    arithmetic of rope, rope, the scaling and two kv_store calls, in one call (see NumbaOps.rope_kv_store).
+    `rope` alone is this kernel with k and v of no heads: one kernel to compile (~1 s of a first run) for both.
+    Not thin (thin_drivers.py): the RoPE and the rounding are inlined here, in its own module."""
+    n_half = n_dims // 2
+    cs = np.empty(n_half, np.float32)
+    sn = np.empty(n_half, np.float32)
+    kr = np.empty_like(k)
+    for t in range(q.shape[0]):
+        _rope_cache(pos[t], n_half, theta_scale, freq_scale, ext_factor, mscale, low, high, ff, has_ff, cs, sn)
+        _rope_apply(q, qo, t, n_dims, neox, cs, sn)
+        _rope_apply(k, kr, t, n_dims, neox, cs, sn)
+        if q_scale != ONE:
+            for h in range(qo.shape[1]):
+                for d in range(qo.shape[2]):
+                    qo[t, h, d] = qo[t, h, d] * q_scale
+        row = start + t
+        for h in range(k.shape[1]):
+            for d in range(k.shape[2]):
+                kc[row, h, d] = to_f16(kr[t, h, d]) if half else kr[t, h, d]
+        for h in range(v.shape[1]):
+            for d in range(v.shape[2]):
+                vc[row, h, d] = to_f16(v[t, h, d]) if half else v[t, h, d]
 
 
 # --- softmax
@@ -426,16 +448,6 @@ def _attn_par(q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, has_sinks, n
                    lbuf, abuf, p16, softcap)
 
 
-@thin
-@njit(**_JIT)
-def _attn_ser(q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf, p16,
-              softcap):
-    n_items = q.shape[0] * k.shape[1] * n_chunks
-    for it in range(n_items):
-        _attn_item(it, q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf,
-                   p16, softcap)
-
-
 @njit(parallel=True, **_JIT_FAST)
 def _attn_combine(mbuf, lbuf, abuf, sinks, has_sinks, out):
     n_tok, n_head, n_chunks = mbuf.shape
@@ -496,16 +508,17 @@ class NumbaOps(NumpyOps):
     def round_kv(self, x):
         return f16_rounded(x) if self.half_attention else x
 
-    def _warm(self) -> None:
+    def _warm(self, rows=None) -> None:
         """Before the first op: if a helper is compiling the op kernels (warm.py), compile the products
-        of the uploaded weight types here meanwhile, then wait for it."""
+        of the uploaded weight types here meanwhile, then wait for it. `rows`: the type whose rows the
+        first op looks up (the token embedding's), for the helper to compile."""
         if self._warmed:
             return
         self._warmed = True
         from . import warm
 
         if warm.running():
-            warm.products_for(self, getattr(self, "_qtypes", {}))
+            warm.products_for(self, getattr(self, "_qtypes", {}), () if rows is None else (rows,))
             warm.wait()
 
     def _threads(self) -> int:
@@ -545,9 +558,42 @@ class NumbaOps(NumpyOps):
         if not has_ff:
             ff = _NO_FREQ_FACTORS
         out = np.empty_like(x)
-        _rope_ser(x, out, pos, p.n_dims, p.mode == "neox", theta_scale, freq_scale, ext_factor, mscale, low, high,
-             ff, has_ff)
+        none = np.empty((x.shape[0], 0, x.shape[2]), np.float32)  # no k, v and cache rows: q's rotation only
+        _rope_store_ser(x, none, none, pos, p.n_dims, p.mode == "neox", theta_scale, freq_scale, ext_factor, mscale, low,
+                        high, ff, has_ff, ONE, False, out, none, none, 0)
         return out[:, 0, :] if squeeze else out
+
+    def rope_kv_store(self, cache_k, cache_v, q, k, v, positions, p: RopeParams, q_scale=None):
+        """(rope(q) [* q_scale], kv_store(cache_k, rope(k)), kv_store(cache_v, v)) in one kernel call: a
+        decode token's two ropes and two stores were four calls and ~10 us of Python a layer. The same
+        arithmetic, so the same values (tests/test_kernels_ops_numba.py)."""
+        self._warm()
+        q, k, v = _f32c(q), _f32c(k), _f32c(v)
+        if q.ndim != 3 or k.ndim != 3 or v.ndim != 3:
+            raise ValueError(f"rope_kv_store: q, k, v must be (n_tok, n_head, head_dim), got {q.shape} {k.shape} {v.shape}")
+        check_rope(q.shape, p)
+        check_rope(k.shape, p)
+        pos = np.ascontiguousarray(np.asarray(positions).reshape(-1), dtype=np.int64)
+        n = pos.shape[0]
+        if not (q.shape[0] == k.shape[0] == v.shape[0] == n):
+            raise ValueError(f"rope_kv_store: {n} positions for q, k, v of {q.shape[0]}, {k.shape[0]}, {v.shape[0]} tokens")
+        if k.shape[1:] != cache_k.shape[1:] or v.shape[1:] != cache_v.shape[1:]:
+            raise ValueError(f"rope_kv_store: k {k.shape}, v {v.shape} do not fit the cache rows {cache_k.shape[1:]}, "
+                             f"{cache_v.shape[1:]}")
+        start = int(pos[0]) if n else 0
+        end = start + n
+        if n > 1 and not np.array_equal(pos, np.arange(start, end)):
+            raise ValueError("kv_store: the CPU cache takes consecutive positions")
+        if start < 0 or end > cache_k.shape[0] or end > cache_v.shape[0]:
+            raise ValueError(f"kv_store: positions {start}..{end - 1} outside a cache of {cache_k.shape[0]} rows")
+        theta_scale, freq_scale, ext_factor, mscale, low, high = rope_scalars(p)
+        ff = rope_freq_factors(p)
+        has_ff = ff is not None
+        qo = np.empty_like(q)
+        _rope_store_ser(q, k, v, pos, p.n_dims, p.mode == "neox", theta_scale, freq_scale, ext_factor, mscale, low, high,
+                        ff if has_ff else _NO_FREQ_FACTORS, has_ff, np.float32(1.0 if q_scale is None else q_scale),
+                        self.half_attention, qo, cache_k, cache_v, start)
+        return qo, cache_k[:end], cache_v[:end]
 
     def softmax(self, x):
         self._warm()
@@ -632,8 +678,7 @@ class NumbaOps(NumpyOps):
             abuf = np.empty((n_tok, n_head, n_chunks, d_v), np.float32)
         else:  # unused (the kernel writes them only with n_chunks > 1)
             mbuf, lbuf, abuf = _NO_SPLIT
-        kern = _attn_par if parallel else _attn_ser
-        kern(q, k, v, qp, kp, lo, hi, np.float32(scale), np.int64(window or 0), sk, has_sinks, n_chunks, out, mbuf, lbuf,
+        _attn_par(q, k, v, qp, kp, lo, hi, np.float32(scale), np.int64(window or 0), sk, has_sinks, n_chunks, out, mbuf, lbuf,
              abuf, p16, np.float32(softcap or 0.0))
         if n_chunks > 1:
             _attn_combine(mbuf, lbuf, abuf, sk, has_sinks, out)

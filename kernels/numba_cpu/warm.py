@@ -61,17 +61,18 @@ def _wanted() -> bool:
     return (os.cpu_count() or 1) >= 2
 
 
-def _spawn(entry: str, args: list[str]) -> subprocess.Popen:
+def _spawn(entry: str, args: list[str], fed: bool = False) -> subprocess.Popen:
     """A Python running `entry(args)` of this module with this process's kernel cache, 2 threads, no
-    helper of its own."""
+    helper of its own; `fed`: its stdin a pipe for `delegate`."""
     root = str(Path(__file__).resolve().parents[2])  # the folder holding `kernels`
     env = dict(os.environ)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["NUMBA_NUM_THREADS"] = "2"
     env[ENV_SWITCH] = "0"  # a helper spawns no helper
     code = f"import sys; from kernels.numba_cpu.warm import {entry}; raise SystemExit({entry}(sys.argv[1:]))"
-    return subprocess.Popen([sys.executable, "-c", code, *args], env=env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen([sys.executable, "-c", code, *args], env=env, text=True,
+                            stdin=subprocess.PIPE if fed else subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
 
 
 def start() -> None:
@@ -87,7 +88,7 @@ def start() -> None:
             stamp = _stamp_path()
             if stamp is None or stamp.exists():
                 return
-            _proc = _spawn("main", [str(stamp)])
+            _proc = _spawn("main", [str(stamp)], fed=True)
         except Exception:  # pragma: no cover - no helper: this process compiles everything
             _proc = None
 
@@ -97,11 +98,32 @@ def running() -> bool:
     return _proc is not None
 
 
+def delegate(specs: list[str]) -> bool:
+    """Hand the running helper more to compile once its op kernels are done: `specs` as `_compile_spec`
+    reads them. The helper is told there is nothing more (its stdin closed) either way. False where no
+    helper takes them (none running, or it is gone): they are then compiled here on first use."""
+    with _lock:
+        proc = _proc
+    if proc is None or proc.stdin is None or proc.stdin.closed:
+        return False
+    try:
+        proc.stdin.write("".join(f"{s}\n" for s in specs))
+        proc.stdin.close()
+        return True
+    except (OSError, ValueError):  # the helper has exited: compiled here instead
+        return False
+
+
 def wait() -> None:
     """Wait for the helper, if one is running (at most WAIT_S; then it is left to finish on its own)."""
     global _proc
     with _lock:
         proc, _proc = _proc, None
+    if proc is not None and proc.stdin is not None and not proc.stdin.closed:
+        try:
+            proc.stdin.close()  # nothing (more) delegated
+        except OSError:  # pragma: no cover - the helper is gone
+            pass
     _wait(proc)
 
 
@@ -118,14 +140,16 @@ PRODUCT_HELPER_MIN = 4  # drivers before a second helper takes half (it costs ~1
 #                        drivers, measured 8.8 s cold without it, 10.6 with)
 
 
-def products_for(backend, qtypes: dict) -> None:
+def products_for(backend, qtypes: dict, rows: tuple = ()) -> None:
     """Compile (or load) the product drivers of the types in `qtypes` ({type: matrices of it}) and the
     activation rounding they take: one tiny product per driver through the backend's own call, so that
     the signatures are those of the model's products -- a one-token product (decode) for every type, a
     16-token one (a prompt) for the types of more than one matrix (a prompt's products are the layers';
-    a type used once is the token embedding's or the output's, which sees only the last token). Row
-    lookups are left out: only the token embedding's type needs them, and the forward pass looks its
-    rows up before the first op.
+    a type used once is the token embedding's or the output's, which sees only the last token).
+
+    The row lookup of the types in `rows` (the token embedding's, when the first op is its lookup) and
+    the sampler's top-k go to the op helper, which has time left once its op kernels are done
+    (`delegate`; SmolLM2 cold: 0.6 s of this process's ~8 s).
 
     With PRODUCT_HELPER_MIN drivers or more (Gemma 3 has eight: four types), a second helper process
     compiles every other one meanwhile (the cache's index writes are locked, cache_lock.py); this
@@ -134,6 +158,7 @@ def products_for(backend, qtypes: dict) -> None:
 
     drivers = [(int(qt), n_tok) for qt in sorted({GGMLType(t) for t in qtypes})
                for n_tok in ((1, 16) if qtypes[qt] > 1 else (1,))]
+    delegate([f"rows:{int(qt)}" for qt in rows] + ["top_k"])
     helper = None
     if len(drivers) >= PRODUCT_HELPER_MIN and _wanted():
         try:
@@ -163,6 +188,26 @@ def _product(backend, qt: int, n_tok: int) -> None:
     backend.matmul(np.zeros((n_tok, n_in), np.float32), w)
 
 
+def _compile_spec(backend, spec: str) -> None:
+    """One delegated compile: "type:tokens" (a product driver), "rows:type" (its row lookup), "top_k"."""
+    import numpy as np
+
+    if spec == "top_k":
+        from kernels.numba_cpu.select import top_k_desc
+
+        top_k_desc(np.zeros(64, np.float32), 40)
+    elif spec.startswith("rows:"):
+        from quant import QTensor, quant_type
+
+        info = quant_type(int(spec[5:]))
+        buf = np.zeros(8 * info.row_bytes(256), np.uint8) if info.storage_dtype == np.uint8 else \
+            np.zeros(8 * 256, info.storage_dtype)
+        backend.get_rows(QTensor.from_buffer(int(spec[5:]), (8, 256), buf, name="warm-rows"), np.array([1], np.int32))
+    elif spec:
+        qt, n_tok = spec.split(":")
+        _product(backend, int(qt), int(n_tok))
+
+
 def products_main(argv: list[str]) -> int:
     """The product helper: argv is the activations mode, then "type:tokens" per driver."""
     from kernels.numba_cpu import NumbaBackend
@@ -170,15 +215,14 @@ def products_main(argv: list[str]) -> int:
     backend = NumbaBackend(n_threads=2, activations=argv[0])
     backend._warmed = True
     for spec in argv[1:]:
-        qt, n_tok = spec.split(":")
-        _product(backend, int(qt), int(n_tok))
+        _compile_spec(backend, spec)
     return 0
 
 
 def ops(backend) -> None:
     """Call the ops a forward pass uses on arrays made as it makes them (fresh float32 in C order, int32
     positions), small and big, so that the serial and the parallel drivers compile (or load) with the
-    model's signatures: attention, the activations, RMSNorm and RoPE (~7 s of compiling on this
+    model's signatures: attention, the activations, RMSNorm, RoPE and the fused RoPE + cache write (~7 s of compiling on this
     2-core VM; the products of a model's types, ~4 s for SmolLM2's two, are the main process's share)."""
     import numpy as np
 
@@ -200,6 +244,8 @@ def ops(backend) -> None:
         backend.swiglu(f32(n_tok, 1536), f32(n_tok, 1536))
         backend.rms_norm(f32(n_tok, 576), backend.asarray(np.ones(576, np.float32)), 1e-5)
         backend.rope(q, pos, RopeParams(n_dims=d))
+        backend.rope_kv_store(backend.new_kv(n_tok + 8, n_head_kv, d), backend.new_kv(n_tok + 8, n_head_kv, d), q, k, k,
+                              pos, RopeParams(n_dims=d))
 
 
 def main(argv: list[str]) -> int:
@@ -210,4 +256,6 @@ def main(argv: list[str]) -> int:
     backend._warmed = True  # no waiting on itself
     ops(backend)
     stamp.write_text("op kernels compiled into this cache\n")
+    for spec in sys.stdin:  # what the main process hands over (`delegate`), until it closes the pipe
+        _compile_spec(backend, spec.strip())
     return 0
