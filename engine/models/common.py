@@ -23,7 +23,7 @@ class _Tensors:
     """Attribute access to the tensors under one prefix (`""` or `"blk.3."`)."""
 
     def __init__(self, weights: "Weights", prefix: str):
-        self._w, self._prefix = weights, prefix
+        self._w, self._prefix, self._absent = weights, prefix, set()
 
     def _name(self, attr: str) -> str:
         return f"{self._prefix}{attr[:-5]}.bias" if attr.endswith("_bias") else f"{self._prefix}{attr}.weight"
@@ -44,7 +44,12 @@ class _Tensors:
         t = self.__dict__.get(attr)  # a tensor looked up before (see __getattr__)
         if t is not None:
             return t
-        return getattr(self, attr) if self.has(attr) else default
+        if attr in self._absent:  # (an optional tensor a layer asks for every token, e.g. a bias)
+            return default
+        if self.has(attr):
+            return getattr(self, attr)
+        self._absent.add(attr)
+        return default
 
 
 class Weights(_Tensors):

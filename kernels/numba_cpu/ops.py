@@ -500,6 +500,24 @@ def _f32c(x) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+_ROPE_CONSTS: dict = {}
+
+
+def _rope_consts(p: RopeParams) -> tuple:
+    """The kernel's constants of a RoPE setting: (n_dims, neox, theta_scale, freq_scale, ext_factor, mscale,
+    low, high, freq factors, has them), worked out once per RopeParams (a model keeps its few; ~1 us a
+    call otherwise, two calls a layer)."""
+    e = _ROPE_CONSTS.get(id(p))
+    if e is not None and e[0] is p:
+        return e[1]
+    ff = rope_freq_factors(p)
+    c = (p.n_dims, p.mode == "neox", *rope_scalars(p), _NO_FREQ_FACTORS if ff is None else ff, ff is not None)
+    if len(_ROPE_CONSTS) > 64:
+        _ROPE_CONSTS.clear()
+    _ROPE_CONSTS[id(p)] = (p, c)
+    return c
+
+
 class NumbaOps(NumpyOps):
     """NumpyOps with Numba kernels for the ops a forward pass spends its time in."""
 
@@ -552,15 +570,9 @@ class NumbaOps(NumpyOps):
         pos = np.ascontiguousarray(np.asarray(positions).reshape(-1), dtype=np.int64)
         if pos.shape[0] != x.shape[0]:
             raise ValueError(f"rope: {pos.shape[0]} positions for {x.shape[0]} tokens")
-        theta_scale, freq_scale, ext_factor, mscale, low, high = rope_scalars(p)
-        ff = rope_freq_factors(p)
-        has_ff = ff is not None
-        if not has_ff:
-            ff = _NO_FREQ_FACTORS
         out = np.empty_like(x)
         none = np.empty((x.shape[0], 0, x.shape[2]), np.float32)  # no k, v and cache rows: q's rotation only
-        _rope_store_ser(x, none, none, pos, p.n_dims, p.mode == "neox", theta_scale, freq_scale, ext_factor, mscale, low,
-                        high, ff, has_ff, ONE, False, out, none, none, 0)
+        _rope_store_ser(x, none, none, pos, *_rope_consts(p), ONE, False, out, none, none, 0)
         return out[:, 0, :] if squeeze else out
 
     def rope_kv_store(self, cache_k, cache_v, q, k, v, positions, p: RopeParams, q_scale=None):
@@ -586,12 +598,8 @@ class NumbaOps(NumpyOps):
             raise ValueError("kv_store: the CPU cache takes consecutive positions")
         if start < 0 or end > cache_k.shape[0] or end > cache_v.shape[0]:
             raise ValueError(f"kv_store: positions {start}..{end - 1} outside a cache of {cache_k.shape[0]} rows")
-        theta_scale, freq_scale, ext_factor, mscale, low, high = rope_scalars(p)
-        ff = rope_freq_factors(p)
-        has_ff = ff is not None
         qo = np.empty_like(q)
-        _rope_store_ser(q, k, v, pos, p.n_dims, p.mode == "neox", theta_scale, freq_scale, ext_factor, mscale, low, high,
-                        ff if has_ff else _NO_FREQ_FACTORS, has_ff, np.float32(1.0 if q_scale is None else q_scale),
+        _rope_store_ser(q, k, v, pos, *_rope_consts(p), ONE if q_scale is None else np.float32(q_scale),
                         self.half_attention, qo, cache_k, cache_v, start)
         return qo, cache_k[:end], cache_v[:end]
 
@@ -666,11 +674,12 @@ class NumbaOps(NumpyOps):
         if p16:  # ggml without flash attention: f16 Q (K and V are stored in f16: round_kv)
             q = f16_rounded(q)
         if spans is None and n_tok == 1:  # a decode token: its whole cache
-            lo, hi = _ZERO_1, np.full(1, n_kv, np.int64)
+            lo, hi = _ZERO_1, np.array((n_kv,), np.int64)
         else:
             lo, hi = check_spans(spans, n_tok, n_kv)
         seen = int(np.sum(hi - lo)) if spans is not None else n_tok * n_kv  # the (token, kv row) pairs
-        parallel = self._parallel(n_head * max(seen, 1) * (d_k + d_v))
+        # all threads whatever the size (the kernel's items are spread over them), split-K only for big work
+        parallel = self._threads() > 1 and n_head * max(seen, 1) * (d_k + d_v) >= PAR_MIN
         n_chunks = 1 if p16 or spans is not None else self._kv_chunks(n_tok * n_head_kv, n_kv, parallel)
         if n_chunks > 1:
             mbuf = np.empty((n_tok, n_head, n_chunks), np.float32)

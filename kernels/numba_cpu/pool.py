@@ -25,4 +25,9 @@ def use(n: int) -> int:
     return n
 
 
-__all__ = ["use"]
+def current() -> int | None:
+    """The count this thread last set through `use` (None before its first), without setting anything."""
+    return getattr(_local, "n", None)
+
+
+__all__ = ["use", "current"]
