@@ -28,7 +28,9 @@ import math
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.core import errors
+from numba.extending import overload
 
 from ..base import RopeParams
 from . import pool
@@ -285,167 +287,213 @@ def _act_ser(kind, x, g, y):
 
 
 @njit(inline="always", **_JIT)
-def _score(a, scale, softcap, inv_cap):
+def _score(a, scale, softcap, inv_cap, cap_on):
     """One attention score as ggml computes it without flash attention: the raw q.k, soft-capped when
     softcap > 0 (ggml_scale by 1/cap, tanh, ggml_scale by cap), then soft_max_ext's scale."""
-    if softcap > ZERO:
+    if cap_on and softcap > ZERO:
         a = np.float32(math.tanh(a * inv_cap)) * softcap
     return a * scale
 
 
-@njit(**_JIT_FAST)
-def _attn_chunk(q, k, v, t, g, group, j0, j1, qp, kv_pos, scale, window, m, l, acc, sinks, has_sinks, p16,
-                softcap):
-    """The `group` query heads of kv head g (token t) against kv rows [j0, j1): per head the max m
-    of the visible scores, the sum l of exp(s - m) and the unnormalised output acc = sum exp(s - m) v.
-    With p16 (one chunk only) it does what ggml does without flash attention: the probabilities are
-    normalised (sinks included) and rounded to f16 before they multiply V; acc is then the output.
-    softcap > 0 caps each raw score q.k as softcap*tanh(q.k/softcap) before the scale (Gemma 2)."""
-    d_k = q.shape[2]
-    d_v = v.shape[2]
-    h0 = g * group
-    for r in range(group):
-        m[r] = NEG_INF
-        l[r] = 0.0
-        for d in range(d_v):
-            acc[r, d] = ZERO
-    # the visible rows, compacted: causal and sliding-window masks cost nothing below
-    idx = np.empty(max(j1 - j0, 1), np.int64)
-    nv = 0
-    for j in range(j0, j1):
-        kp = kv_pos[j]
-        if kp >= 0 and kp <= qp and (window <= 0 or qp - kp < window):
-            idx[nv] = j
-            nv += 1
-    if nv == 0:
-        return
-    s = np.empty((group, nv), np.float32)
-    inv_cap = ONE / softcap if softcap > ZERO else ZERO
-    # scores, four kv rows at a time (each q element loaded once for four dot products)
-    p = 0
-    while p + 4 <= nv:
-        ja, jb, jc, jd = idx[p], idx[p + 1], idx[p + 2], idx[p + 3]
+def _make_attention(P16: bool, SINKS: bool, CAP: bool):
+    """The work item of attention for one combination of the options a model fixes: P16 (llama.cpp
+    mode's f16 probabilities), SINKS (gpt-oss), CAP (Gemma 2's soft-capping). Closure constants, so numba
+    drops the other paths before compiling: a model compiles only its own (the llama/Gemma 3 kernel in
+    ~2.2 s, where one kernel holding every path took ~3.3 s of a first run). Not cached by itself: it is
+    compiled into its variant's parallel driver (`_make_attn_par`), which is."""
+
+    @njit(**_JIT_ITEM)
+    def _attn_chunk(q, k, v, t, g, group, j0, j1, qp, kv_pos, scale, window, m, l, acc, sinks, softcap):
+        """The `group` query heads of kv head g (token t) against kv rows [j0, j1): per head the max m
+        of the visible scores, the sum l of exp(s - m) and the unnormalised output acc = sum exp(s - m) v.
+        With P16 (one chunk only) it does what ggml does without flash attention: the probabilities are
+        normalised (sinks included) and rounded to f16 before they multiply V; acc is then the output.
+        softcap > 0 caps each raw score q.k as softcap*tanh(q.k/softcap) before the scale (Gemma 2)."""
+        d_k = q.shape[2]
+        d_v = v.shape[2]
+        h0 = g * group
         for r in range(group):
-            a0 = ZERO
-            a1 = ZERO
-            a2 = ZERO
-            a3 = ZERO
-            for d in range(d_k):
-                qd = q[t, h0 + r, d]
-                a0 += qd * k[ja, g, d]
-                a1 += qd * k[jb, g, d]
-                a2 += qd * k[jc, g, d]
-                a3 += qd * k[jd, g, d]
-            s[r, p] = _score(a0, scale, softcap, inv_cap)
-            s[r, p + 1] = _score(a1, scale, softcap, inv_cap)
-            s[r, p + 2] = _score(a2, scale, softcap, inv_cap)
-            s[r, p + 3] = _score(a3, scale, softcap, inv_cap)
-        p += 4
-    while p < nv:
-        ja = idx[p]
+            m[r] = NEG_INF
+            l[r] = 0.0
+            for d in range(d_v):
+                acc[r, d] = ZERO
+        # the visible rows, compacted: causal and sliding-window masks cost nothing below
+        idx = np.empty(max(j1 - j0, 1), np.int64)
+        nv = 0
+        for j in range(j0, j1):
+            kp = kv_pos[j]
+            if kp >= 0 and kp <= qp and (window <= 0 or qp - kp < window):
+                idx[nv] = j
+                nv += 1
+        if nv == 0:
+            return
+        s = np.empty((group, nv), np.float32)
+        inv_cap = ONE / softcap if CAP and softcap > ZERO else ZERO
+        # scores, four kv rows at a time (each q element loaded once for four dot products)
+        p = 0
+        while p + 4 <= nv:
+            ja, jb, jc, jd = idx[p], idx[p + 1], idx[p + 2], idx[p + 3]
+            for r in range(group):
+                a0 = ZERO
+                a1 = ZERO
+                a2 = ZERO
+                a3 = ZERO
+                for d in range(d_k):
+                    qd = q[t, h0 + r, d]
+                    a0 += qd * k[ja, g, d]
+                    a1 += qd * k[jb, g, d]
+                    a2 += qd * k[jc, g, d]
+                    a3 += qd * k[jd, g, d]
+                s[r, p] = _score(a0, scale, softcap, inv_cap, CAP)
+                s[r, p + 1] = _score(a1, scale, softcap, inv_cap, CAP)
+                s[r, p + 2] = _score(a2, scale, softcap, inv_cap, CAP)
+                s[r, p + 3] = _score(a3, scale, softcap, inv_cap, CAP)
+            p += 4
+        while p < nv:
+            ja = idx[p]
+            for r in range(group):
+                a0 = ZERO
+                for d in range(d_k):
+                    a0 += q[t, h0 + r, d] * k[ja, g, d]
+                s[r, p] = _score(a0, scale, softcap, inv_cap, CAP)
+            p += 1
+        # softmax numerators (vectorized exp), then the weighted sum of V rows
         for r in range(group):
-            a0 = ZERO
-            for d in range(d_k):
-                a0 += q[t, h0 + r, d] * k[ja, g, d]
-            s[r, p] = _score(a0, scale, softcap, inv_cap)
-        p += 1
-    # softmax numerators (vectorized exp), then the weighted sum of V rows
-    for r in range(group):
-        mr = NEG_INF
-        for p in range(nv):
-            mr = max(mr, s[r, p])
-        m[r] = mr
-        if p16:  # ggml_soft_max_ext: the max includes the sink, then exp, sum, scale, f16
-            sk = sinks[g * group + r] if has_sinks else NEG_INF
-            mx = max(mr, sk)
+            mr = NEG_INF
+            for p in range(nv):
+                mr = max(mr, s[r, p])
+            m[r] = mr
+            if P16:  # ggml_soft_max_ext: the max includes the sink, then exp, sum, scale, f16
+                sk = sinks[g * group + r] if SINKS else NEG_INF
+                mx = max(mr, sk)
+                tot = 0.0
+                for p in range(nv):  # ggml's vectorized expf (ggml_v_expf) is no libm expf either
+                    e = _exp(s[r, p] - mx)
+                    s[r, p] = e
+                    tot += np.float64(e)
+                if SINKS:
+                    tot += np.float64(np.exp(sk - mx))
+                inv = np.float32(1.0 / tot)
+                for p in range(nv):
+                    s[r, p] = to_f16(s[r, p] * inv)
+                continue
             tot = 0.0
-            for p in range(nv):  # ggml's vectorized expf (ggml_v_expf) is no libm expf either
-                e = _exp(s[r, p] - mx)
+            for p in range(nv):
+                e = _exp(s[r, p] - mr)
                 s[r, p] = e
                 tot += np.float64(e)
-            if has_sinks:
-                tot += np.float64(np.exp(sk - mx))
-            inv = np.float32(1.0 / tot)
-            for p in range(nv):
-                s[r, p] = to_f16(s[r, p] * inv)
-            continue
-        tot = 0.0
+            l[r] = tot
         for p in range(nv):
-            e = _exp(s[r, p] - mr)
-            s[r, p] = e
-            tot += np.float64(e)
-        l[r] = tot
-    for p in range(nv):
-        j = idx[p]
+            j = idx[p]
+            for r in range(group):
+                e = s[r, p]
+                for d in range(d_v):
+                    acc[r, d] += e * v[j, g, d]
+
+
+    @njit(**_JIT_ITEM)
+    def _attn_item(it, q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, n_chunks, out, mbuf, lbuf, abuf, softcap):
+        n_tok, n_head = q.shape[0], q.shape[1]
+        n_kv, n_head_kv = k.shape[0], k.shape[1]
+        d_v = v.shape[2]
+        group = n_head // n_head_kv
+        c = it % n_chunks
+        rest = it // n_chunks
+        g = rest % n_head_kv
+        ti = rest // n_head_kv
+        # zigzag over tokens: prange splits items into contiguous ranges, and with a causal mask late
+        # tokens cost more; pairing early and late tokens balances the threads.
+        t = ti // 2 if ti % 2 == 0 else n_tok - 1 - ti // 2
+        # token t sees cache rows [lo[t], hi[t]) (its sequence's region of a pooled cache; the whole cache
+        # alone), in n_chunks pieces
+        csize = (hi[t] - lo[t] + n_chunks - 1) // n_chunks
+        j0 = min(hi[t], lo[t] + c * csize)
+        j1 = min(hi[t], j0 + csize)
+        m = np.empty(group, np.float32)
+        l = np.empty(group, np.float64)
+        acc = np.empty((group, d_v), np.float32)
+        _attn_chunk(q, k, v, t, g, group, j0, j1, q_pos[t], kv_pos, scale, window, m, l, acc, sinks, softcap)
+        h0 = g * group
+        if P16:
+            for r in range(group):
+                for d in range(d_v):
+                    out[t, h0 + r, d] = acc[r, d] if m[r] != NEG_INF else ZERO
+            return
+        if n_chunks > 1:
+            for r in range(group):
+                mbuf[t, h0 + r, c] = m[r]
+                lbuf[t, h0 + r, c] = l[r]
+                for d in range(d_v):
+                    abuf[t, h0 + r, c, d] = acc[r, d]
+            return
         for r in range(group):
-            e = s[r, p]
+            h = h0 + r
+            mx = m[r]
+            if SINKS and sinks[h] > mx:
+                mx = sinks[h]
+            if mx == NEG_INF:
+                for d in range(d_v):
+                    out[t, h, d] = ZERO
+                continue
+            w = np.exp(m[r] - mx)
+            tot = l[r] * np.float64(w)
+            if SINKS:
+                tot += np.float64(np.exp(sinks[h] - mx))
+            f = w * np.float32(1.0 / tot)
             for d in range(d_v):
-                acc[r, d] += e * v[j, g, d]
+                out[t, h, d] = acc[r, d] * f
+
+    return _attn_item
 
 
-@njit(**_JIT_FAST)
-def _attn_item(it, q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf,
-               p16, softcap):
-    n_tok, n_head = q.shape[0], q.shape[1]
-    n_kv, n_head_kv = k.shape[0], k.shape[1]
-    d_v = v.shape[2]
-    group = n_head // n_head_kv
-    c = it % n_chunks
-    rest = it // n_chunks
-    g = rest % n_head_kv
-    ti = rest // n_head_kv
-    # zigzag over tokens: prange splits items into contiguous ranges, and with a causal mask late
-    # tokens cost more; pairing early and late tokens balances the threads.
-    t = ti // 2 if ti % 2 == 0 else n_tok - 1 - ti // 2
-    # token t sees cache rows [lo[t], hi[t]) (its sequence's region of a pooled cache; the whole cache
-    # alone), in n_chunks pieces
-    csize = (hi[t] - lo[t] + n_chunks - 1) // n_chunks
-    j0 = min(hi[t], lo[t] + c * csize)
-    j1 = min(hi[t], j0 + csize)
-    m = np.empty(group, np.float32)
-    l = np.empty(group, np.float64)
-    acc = np.empty((group, d_v), np.float32)
-    _attn_chunk(q, k, v, t, g, group, j0, j1, q_pos[t], kv_pos, scale, window, m, l, acc, sinks, has_sinks, p16,
-                softcap)
-    h0 = g * group
-    if p16:
-        for r in range(group):
-            for d in range(d_v):
-                out[t, h0 + r, d] = acc[r, d] if m[r] != NEG_INF else ZERO
-        return
-    if n_chunks > 1:
-        for r in range(group):
-            mbuf[t, h0 + r, c] = m[r]
-            lbuf[t, h0 + r, c] = l[r]
-            for d in range(d_v):
-                abuf[t, h0 + r, c, d] = acc[r, d]
-        return
-    for r in range(group):
-        h = h0 + r
-        mx = m[r]
-        if has_sinks and sinks[h] > mx:
-            mx = sinks[h]
-        if mx == NEG_INF:
-            for d in range(d_v):
-                out[t, h, d] = ZERO
-            continue
-        w = np.exp(m[r] - mx)
-        tot = l[r] * np.float64(w)
-        if has_sinks:
-            tot += np.float64(np.exp(sinks[h] - mx))
-        f = w * np.float32(1.0 / tot)
-        for d in range(d_v):
-            out[t, h, d] = acc[r, d] * f
+_JIT_ITEM = dict(_JIT_FAST, cache=False)
+_ATTN_ITEMS: dict = {}
 
 
-@thin
-@njit(parallel=True, **_JIT)
-def _attn_par(q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, has_sinks, n_chunks, out, mbuf, lbuf, abuf, p16,
-              softcap):
-    n_items = q.shape[0] * k.shape[1] * n_chunks
-    for it in prange(n_items):
-        _attn_item(np.int64(it), q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, has_sinks, n_chunks, out, mbuf,
-                   lbuf, abuf, p16, softcap)
+def attn_item(variant, it, q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, n_chunks, out, mbuf, lbuf, abuf,
+              softcap):  # pragma: no cover - overloaded below
+    """Work item `it` of attention variant `variant` (P16 * 4 + SINKS * 2 + CAP, a literal)."""
+    raise NotImplementedError
+
+
+@overload(attn_item, jit_options=_JIT_FAST)
+def _attn_item_of(variant, it, q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, n_chunks, out, mbuf, lbuf, abuf,
+                  softcap):
+    if not isinstance(variant, types.IntegerLiteral):
+        raise errors.RequireLiteralValue(variant)
+    key = variant.literal_value
+    item = _ATTN_ITEMS.get(key)
+    if item is None:
+        item = _ATTN_ITEMS.setdefault(key, _make_attention(bool(key & 4), bool(key & 2), bool(key & 1)))
+    return lambda variant, it, q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, n_chunks, out, mbuf, lbuf, abuf, \
+        softcap: item(it, q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, n_chunks, out, mbuf, lbuf, abuf, softcap)
+
+
+def _make_attn_par(VARIANT: int):
+    """The parallel driver of an attention variant: a closure over its number only (numba's disk cache
+    keys a closure by its constants), the item reached through the `attn_item` overload."""
+
+    @thin
+    @njit(parallel=True, **_JIT)
+    def _attn_par(q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, n_chunks, out, mbuf, lbuf, abuf, softcap):
+        n_items = q.shape[0] * k.shape[1] * n_chunks
+        for it in prange(n_items):
+            attn_item(VARIANT, np.int64(it), q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, n_chunks, out, mbuf,
+                      lbuf, abuf, softcap)
+
+    return _attn_par
+
+
+_ATTENTION: dict = {}
+
+
+def _attention_kernel(p16: bool, sinks: bool, softcap: bool):
+    """The compiled attention for these options (see _make_attention), made on first use."""
+    variant = 4 * bool(p16) + 2 * bool(sinks) + bool(softcap)
+    fn = _ATTENTION.get(variant)
+    if fn is None:
+        fn = _ATTENTION.setdefault(variant, _make_attn_par(variant))
+    return fn
 
 
 @njit(parallel=True, **_JIT_FAST)
@@ -687,8 +735,8 @@ class NumbaOps(NumpyOps):
             abuf = np.empty((n_tok, n_head, n_chunks, d_v), np.float32)
         else:  # unused (the kernel writes them only with n_chunks > 1)
             mbuf, lbuf, abuf = _NO_SPLIT
-        _attn_par(q, k, v, qp, kp, lo, hi, np.float32(scale), np.int64(window or 0), sk, has_sinks, n_chunks, out, mbuf, lbuf,
-             abuf, p16, np.float32(softcap or 0.0))
+        _attention_kernel(p16, has_sinks, bool(softcap))(q, k, v, qp, kp, lo, hi, np.float32(scale), np.int64(window or 0), sk,
+                                                          n_chunks, out, mbuf, lbuf, abuf, np.float32(softcap or 0.0))
         if n_chunks > 1:
             _attn_combine(mbuf, lbuf, abuf, sk, has_sinks, out)
         return out
