@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-BACKEND_OPS = ("matmul", "matmul_experts", "get_rows", "rms_norm", "rope", "softmax", "silu", "gelu", "attention",
+BACKEND_OPS = ("matmul", "matmul_experts", "get_rows", "rms_norm", "rope", "rope_kv_store", "kv_store", "softmax", "silu",
+               "gelu", "swiglu", "geglu", "attention",
                "asarray", "to_numpy")
 
 
