@@ -89,3 +89,38 @@ def test_drivers_compiled_in_different_processes_load_together(tmp_path):
     r = subprocess.run([sys.executable, "-c", CHECK_BOTH], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+
+
+DELEGATE = textwrap.dedent("""
+    import numpy as np
+    from kernels.numba_cpu import NumbaBackend, products, select, warm
+    from kernels.reference import NumpyBackend
+    from qdata import random_qtensor
+    from quant import GGMLType
+
+    be = NumbaBackend(n_threads=2)          # starts the op helper (empty cache)
+    be._warmed = True
+    assert warm.running()
+    assert warm.delegate([f"rows:{int(GGMLType.Q8_0)}", "top_k"])
+    warm.wait()
+    w = random_qtensor(GGMLType.Q8_0, (40, 256), np.random.default_rng(0))
+    ids = np.array([3, 0, 39], np.int32)
+    assert np.array_equal(products.get_rows(w, ids, 2), NumpyBackend().get_rows(w, ids))
+    fn = products.drivers(GGMLType.Q8_0)._fns["dequant"].fn
+    print("rows hits", sum(fn.stats.cache_hits.values()), "misses", sum(fn.stats.cache_misses.values()))
+    top = select.top_k_desc(np.array([0.5, 2.0, -1.0, 2.0], np.float32), 2)
+    assert list(top) == [1, 3], top
+    print("top_k hits", sum(select._top_k.stats.cache_hits.values()), "misses", sum(select._top_k.stats.cache_misses.values()))
+""")
+
+
+def test_op_helper_compiles_what_it_is_handed(tmp_path):
+    """`warm.delegate`: the op helper compiles the row lookup and the sampler's top-k it is handed after its
+    op kernels, and this process loads both from the cache (a hit, no compile here)."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
+    env.pop("GGUFPY_WARM_HELPER", None)
+    r = subprocess.run([sys.executable, "-c", DELEGATE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.split("\n")
+    assert "rows hits 1 misses 0" in lines, r.stdout
+    assert "top_k hits 1 misses 0" in lines, r.stdout
