@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from . import schemas
-from .auth import OPEN_PATHS, APIKeys, presented_key, read_keys
+from .auth import APIKeys, KeyGuard, read_keys
 from .file_guard import ModelFileGuard, ModelFileChanged
 from .limits import Admission, BodyLimit, Busy, ServerLimits, cap_max_tokens
 from .registry import ModelRegistry, UnknownModel
@@ -238,16 +238,8 @@ def create_app(registry: ModelRegistry, api_key: str | list[str] | APIKeys | Non
     admissions: dict[int, Admission] = {}  # per loaded model (its id: a reloaded model starts afresh)
     files = app.state.files = ModelFileGuard(registry)
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        if keys and request.url.path not in OPEN_PATHS and not keys.allows(presented_key(request.headers)):
-            return error_response(401, "invalid or missing API key", "authentication_error", "invalid_api_key")
-        try:
-            return await call_next(request)
-        except APIError as e:
-            stats["errors"] += 1
-            return error_response(e.status, e.message, e.type, e.code, e.headers)
-
+    app.add_middleware(KeyGuard, keys=keys, deny=lambda: error_response(
+        401, "invalid or missing API key", "authentication_error", "invalid_api_key"))  # APIError: the handler below
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)  # outermost: before auth and parsing
     schemas.install_openapi(app)
 

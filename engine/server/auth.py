@@ -59,3 +59,24 @@ class APIKeys:
         for k in self._keys:  # no early exit: every key is compared
             ok |= hmac.compare_digest(given, k)
         return ok and key is not None
+
+
+class KeyGuard:
+    """ASGI middleware: a request to any path but OPEN_PATHS without a valid key is answered by `deny()`
+    (OpenAI's 401 error JSON) before the app sees it. Pure ASGI rather than `@app.middleware("http")`:
+    Starlette's BaseHTTPMiddleware passes every chunk of a streamed response through a memory stream and
+    a task switch of its own: per-token event-loop work that, on a 2-vCPU machine, competes with the
+    forward passes (py-spy: the event loop busy ~25% of a lone stream's time, that middleware's layers a
+    large part of it). Errors the routes raise are answered by the app's exception handlers."""
+
+    def __init__(self, app, keys: APIKeys, deny):
+        self.app, self.keys, self.deny = app, keys, deny
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and self.keys and scope["path"] not in OPEN_PATHS:
+            from starlette.datastructures import Headers
+
+            if not self.keys.allows(presented_key(Headers(scope=scope))):
+                await self.deny()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
