@@ -11,6 +11,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
+
+def run_script(script: str, tmp_path, *args: str, helper: bool = True) -> list[str]:
+    """`script` in a fresh Python on the kernel cache tmp_path/cache (the op helper on, unless `helper` is
+    False); its stdout lines."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
+    env.pop("GGUFPY_WARM_HELPER", None)
+    if not helper:
+        env["GGUFPY_WARM_HELPER"] = "0"
+    r = subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    return r.stdout.split("\n")
+
 SCRIPT = textwrap.dedent("""
     import numpy as np
     from kernels.numba_cpu import NumbaBackend, products, warm
@@ -34,14 +47,10 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_product_helper_fills_the_cache(tmp_path):
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
-    env.pop("GGUFPY_WARM_HELPER", None)
-    r = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    lines = r.stdout.split("\n")
+    lines = run_script(SCRIPT, tmp_path)
     # Q4_0's prompt driver (the second of four) and Q8_0's (the fourth) came from the helper's entries
-    assert "Q4_0 wide hits 1 misses 0" in lines, r.stdout
-    assert "Q8_0 wide hits 1 misses 0" in lines, r.stdout
+    assert "Q4_0 wide hits 1 misses 0" in lines, lines
+    assert "Q8_0 wide hits 1 misses 0" in lines, lines
 
 
 COMPILE_ONE = textwrap.dedent("""
@@ -80,15 +89,9 @@ def test_drivers_compiled_in_different_processes_load_together(tmp_path):
     """Q4_1's and Q6_K's prompt drivers compiled by two processes, then both loaded by a third: each
     computes its own type (kernels/numba_cpu/unique_symbols.py; with numba's per-process counter the
     two cached drivers carried different GEMMs under one symbol name, and the second ran the first's)."""
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), GGUFPY_WARM_HELPER="0",
-               PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
     for name in ("Q4_1", "Q6_K"):
-        r = subprocess.run([sys.executable, "-c", COMPILE_ONE, name], cwd=ROOT, env=env, capture_output=True,
-                           text=True, timeout=600)
-        assert r.returncode == 0, r.stderr[-3000:]
-    r = subprocess.run([sys.executable, "-c", CHECK_BOTH], cwd=ROOT, env=env, capture_output=True, text=True,
-                       timeout=600)
-    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+        run_script(COMPILE_ONE, tmp_path, name, helper=False)
+    run_script(CHECK_BOTH, tmp_path, helper=False)
 
 
 DELEGATE = textwrap.dedent("""
@@ -117,10 +120,6 @@ DELEGATE = textwrap.dedent("""
 def test_op_helper_compiles_what_it_is_handed(tmp_path):
     """`warm.delegate`: the op helper compiles the row lookup and the sampler's top-k it is handed after its
     op kernels, and this process loads both from the cache (a hit, no compile here)."""
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
-    env.pop("GGUFPY_WARM_HELPER", None)
-    r = subprocess.run([sys.executable, "-c", DELEGATE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    lines = r.stdout.split("\n")
-    assert "rows hits 1 misses 0" in lines, r.stdout
-    assert "top_k hits 1 misses 0" in lines, r.stdout
+    lines = run_script(DELEGATE, tmp_path)
+    assert "rows hits 1 misses 0" in lines, lines
+    assert "top_k hits 1 misses 0" in lines, lines

@@ -274,9 +274,7 @@ class KVCache:
         fused = getattr(be, "rope_kv_store", None)
         if fused is not None:
             return fused(self.k[layer], self.v[layer], q, k, v, pos, rope, q_scale)
-        q, k = be.rope(q, pos, rope), be.rope(k, pos, rope)
-        if q_scale is not None:
-            q = q * np.float32(q_scale)
+        q, k = rope_qk(be, q, k, pos, rope, q_scale)
         keys, values = self.store(layer, k, v, pos)
         return q, keys, values
 
@@ -468,11 +466,15 @@ def attend(be, cache: KVCache, i: int, q, k, v, pos, rope, *, scale: float, q_sc
         q, keys, values = rope_store(i, be, q, k, v, pos, rope, q_scale)
         o = be.attention(q, keys, values, pos, scale=scale, window=window, **extra)
         return o.reshape(q.shape[0], -1)
-    q, k = be.rope(q, pos, rope), be.rope(k, pos, rope)
-    if q_scale is not None:
-        q = q * np.float32(q_scale)
+    q, k = rope_qk(be, q, k, pos, rope, q_scale)
     o = cache.attend(i, be, q, k, v, pos, scale=scale, window=window, **extra)
     return o.reshape(q.shape[0], -1)
+
+
+def rope_qk(be, q, k, pos, rope, q_scale=None):
+    """RoPE on q and k as separate backend calls, then q times q_scale: what `rope_kv_store` fuses."""
+    q, k = be.rope(q, pos, rope), be.rope(k, pos, rope)
+    return (q if q_scale is None else q * np.float32(q_scale)), k
 
 
 class DecoderModel:

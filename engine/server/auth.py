@@ -13,6 +13,8 @@ import hashlib
 import hmac
 from pathlib import Path
 
+from starlette.datastructures import Headers
+
 OPEN_PATHS = frozenset({"/health", "/v1/health"})  # for load balancers: everything else needs a key
 
 
@@ -74,8 +76,6 @@ class KeyGuard:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and self.keys and scope["path"] not in OPEN_PATHS:
-            from starlette.datastructures import Headers
-
             if not self.keys.allows(presented_key(Headers(scope=scope))):
                 await self.deny()(scope, receive, send)
                 return

@@ -18,6 +18,8 @@ _local = threading.local()
 
 def use(n: int) -> int:
     """Run the next parallel kernel of this thread on n threads (1..NUMBA_NUM_THREADS); returns n."""
+    if getattr(_local, "n", None) == n:  # the common case (~300 calls a token), before any arithmetic
+        return n
     n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
     if getattr(_local, "n", None) != n:
         numba.set_num_threads(n)
@@ -25,9 +27,4 @@ def use(n: int) -> int:
     return n
 
 
-def current() -> int | None:
-    """The count this thread last set through `use` (None before its first), without setting anything."""
-    return getattr(_local, "n", None)
-
-
-__all__ = ["use", "current"]
+__all__ = ["use"]

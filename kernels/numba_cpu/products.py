@@ -201,8 +201,7 @@ def matmul(x, w: QTensor, n_threads: int, path=None, activations: str = "f32") -
     n_tok = x.shape[0] if x.ndim == 2 else 1
     if n_tok <= PLANNED_MAX_TOKENS:
         key = (n_tok, path, activations, n_threads)
-        e = _PLANS.get(id(w))  # _plans_of(w), its common case inline (~120 products a decode token)
-        plans = e[1] if e is not None and e[0]() is w else _plans_of(w)
+        plans = _plans_of(w)
         plan = plans.get(key)
         if plan is None:
             plan = plans[key] = _MatmulPlan(w, n_tok, path, activations, n_threads)
@@ -220,8 +219,7 @@ def matmul(x, w: QTensor, n_threads: int, path=None, activations: str = "f32") -
         xf = plan.xf
         if xf is None:
             xf = _float_rows(x2, w, activations)
-        if pool.current() != plan.nt:
-            pool.use(plan.nt)
+        pool.use(plan.nt)
         plan.fn(plan.w3, x2, xf, plan.g_exp, plan.g_off, plan.members, plan.members, out, plan.chunk,
                 plan.direct_max)
     return out.reshape(plan.n_out) if x.ndim == 1 else out
