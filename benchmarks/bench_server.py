@@ -147,6 +147,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-reference", action="store_true", help="skip llama-cpp-python's server")
     ap.add_argument("--no-single", action="store_true", help="skip our single-slot server")
     ap.add_argument("--no-fast", action="store_true", help="skip our batched server in --batching fast")
+    ap.add_argument("--lone-pairs", type=int, default=0, metavar="N",
+                    help="then N alternations of `engine bench` tg and a lone stream on our batched server "
+                         "(the ratio, paired in time on a noisy machine)")
     args = ap.parse_args(argv)
 
     n_ctx = 512 * args.parallel  # 512 positions a slot, as many as llama-cpp-python's one sequence gets
@@ -191,7 +194,33 @@ def main(argv=None) -> int:
             finally:
                 proc.terminate()
                 proc.wait(20)
+        if args.lone_pairs:
+            lone_pairs(model, servers[f"ours (--parallel {args.parallel})"], args)
     return 0
+
+
+def lone_pairs(model: str, cmd: list[str], args) -> None:
+    """A lone stream's decode speed against `engine bench`'s tg, measured alternately (bench, then 8
+    requests from one client to the idle-between-rounds server, then bench again...): on a shared VM
+    whose speed drifts by tens of percent within minutes, a ratio of two numbers taken minutes apart
+    says more about the drift than about the server."""
+    port = free_port()
+    proc = subprocess.Popen(cmd + ["--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    ratios = []
+    try:
+        wait_ready(base, proc)
+        print("\n| round | `engine bench` tg | lone stream t/s p50 | ratio |\n|---|---|---|---|")
+        for i in range(args.lone_pairs):
+            tg = bench_tg(model, args.threads)
+            stream = load(base, "m", 1, 8, args.max_tokens)["stream_tps"]
+            ratios.append(stream / tg)
+            print(f"| {i + 1} | {tg:.1f} | {stream:.1f} | {stream / tg:.3f} |", flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    print(f"\nlone stream / tg, median of {len(ratios)} pairs: {statistics.median(ratios):.3f}")
 
 
 if __name__ == "__main__":

@@ -54,6 +54,8 @@ def add_arguments(p):
     lim.add_argument("--timeout-graceful-shutdown", type=float, default=10,
                      help="on SIGTERM/SIGINT, seconds in-flight requests may take to finish before they are "
                           "cancelled (default 10)")
+    p.add_argument("--http", default=None, choices=["httptools", "h11"],
+                   help="uvicorn's HTTP/1.1 implementation (default httptools where installed, else h11)")
     p.add_argument("--chat-template", default=None, help="named template instead of the model's")
     p.add_argument("--memory-budget-gb", type=float, default=None,
                    help="unload the least recently used models beyond this many GB of model files")
@@ -114,7 +116,7 @@ def main(args) -> int:
         return ray_serve.main(args, specs_from_args, limits_from_args)
     from engine.server.app import create_app
     from engine.server.auth import read_keys
-    from engine.server.http import serve
+    from engine.server.http import DEFAULT_PROTOCOL, serve
     from engine.server.registry import ModelRegistry
 
     try:
@@ -133,7 +135,8 @@ def main(args) -> int:
         registry.warm(None)  # the first model loads in the background; /health says 503 until then
 
     print(f"serving {', '.join(registry.names())} on http://{host}:{port}", file=sys.stderr, flush=True)
-    rc = serve(app, host, port, idle_timeout=limits.idle_timeout, graceful_shutdown=args.timeout_graceful_shutdown)
+    rc = serve(app, host, port, idle_timeout=limits.idle_timeout, graceful_shutdown=args.timeout_graceful_shutdown,
+               http=args.http or DEFAULT_PROTOCOL)
     _wait_for_workers(registry)
     return rc
 

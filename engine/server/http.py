@@ -20,9 +20,14 @@ import logging
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+try:  # uvicorn's C parser (uvicorn[standard]); h11 is its pure-Python fallback
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:  # pragma: no cover - httptools is a dependency
+    HttpToolsProtocol = None
 
-class IdleTimeoutProtocol(H11Protocol):
-    """uvicorn's h11 protocol plus a watchdog: a connection is aborted when a request has been awaited
+
+class IdleTimeout:
+    """A watchdog for uvicorn's HTTP protocols (mixed into h11's or httptools'): a connection is aborted when a request has been awaited
     for longer than `timeout` seconds without arriving whole (no request, a trickled head, a stalled
     body), or when its response could not be written for `timeout` seconds (a client that stopped
     reading). A running request that simply takes long is not idle: that is the request timeout's job."""
@@ -73,6 +78,15 @@ class IdleTimeoutProtocol(H11Protocol):
         super().connection_lost(exc)
 
 
+# uvicorn's two HTTP/1.1 implementations with the watchdog. httptools (C) is the default, as in uvicorn's
+# own "auto": a streamed token goes through the protocol's send on the event loop, and h11's pure-Python
+# framing held the GIL there long enough to delay the compute thread between its kernels.
+PROTOCOLS = {"h11": type("H11IdleTimeout", (IdleTimeout, H11Protocol), {})}
+if HttpToolsProtocol is not None:
+    PROTOCOLS["httptools"] = type("HttpToolsIdleTimeout", (IdleTimeout, HttpToolsProtocol), {})
+DEFAULT_PROTOCOL = "httptools" if "httptools" in PROTOCOLS else "h11"
+
+
 class _Server(uvicorn.Server):
     """uvicorn's server without re-raising the stop signal after a graceful shutdown."""
 
@@ -96,9 +110,11 @@ class _QuietCancel(logging.Filter):
 
 
 def serve(app, host: str, port: int, *, idle_timeout: float = 600.0, graceful_shutdown: float = 10.0,
-          log_level: str = "warning") -> int:
-    """Serve `app` until SIGINT/SIGTERM; 0 after a clean stop."""
-    protocol = type("IdleTimeoutProtocol", (IdleTimeoutProtocol,), {"timeout": float(idle_timeout or 0)})
+          log_level: str = "warning", http: str = DEFAULT_PROTOCOL) -> int:
+    """Serve `app` until SIGINT/SIGTERM; 0 after a clean stop. `http`: "httptools" or "h11"."""
+    if http not in PROTOCOLS:
+        raise ValueError(f"unknown HTTP implementation {http!r}; available: {', '.join(PROTOCOLS)}")
+    protocol = type("IdleTimeoutProtocol", (PROTOCOLS[http],), {"timeout": float(idle_timeout or 0)})
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, http=protocol, access_log=False,
                             timeout_graceful_shutdown=graceful_shutdown if graceful_shutdown >= 0 else None)
     server = _Server(config)
