@@ -243,13 +243,14 @@ def _dot_rows_multi(qt, w3, e, r0, r1, x2, m_x, m0, m1, m_out, out2, buf):
     what `dot_rows` gives it alone (tests/test_batch_invariance.py), at one unpacking per row for the
     whole group instead of one per token: batched decode is no longer compute-bound on unpacking.
 
-    With packed int8 activations the integer kernels take 4 tokens at a time (rows_int: each block
-    unpacked once for the 4, each token's arithmetic that of the 1-token kernel)."""
+    With packed int8 activations the integer kernels take 4 tokens at a time, a group's last 1 or 2
+    with the 1- or 2-token kernel (rows_int: each block unpacked once for the tokens, each token's
+    arithmetic that of the 1-token kernel)."""
     t = _literal_type(qt)
     if _is_packed(x2):
         if t not in INT_KERNELS:
             return lambda qt, w3, e, r0, r1, x2, m_x, m0, m1, m_out, out2, buf: None
-        dot4 = INT_KERNELS[t][0][4]
+        dot1, dot2, dot4 = (INT_KERNELS[t][0][nt] for nt in (1, 2, 4))
 
         def impl_int(qt, w3, e, r0, r1, x2, m_x, m0, m1, m_out, out2, buf):
             xf = x2.reshape(-1)
@@ -259,11 +260,19 @@ def _dot_rows_multi(qt, w3, e, r0, r1, x2, m_x, m0, m1, m_out, out2, buf):
             for r in range(r0, r1):
                 prefetch_ahead(w3, e, r, r1)
                 wr = w3[e, r]
-                for m in range(m0, m1, 4):  # the last four repeat the last token
-                    for k in range(4):
+                for m in range(m0, m1, 4):
+                    left = m1 - m
+                    for k in range(4):  # (three left: the fourth repeats the last token)
                         xo[k] = m_x[min(m + k, m1 - 1)] * width
-                    dot4(wr, xf, xo, res)
-                    for k in range(min(4, m1 - m)):
+                    # a group's last one or two tokens take the 1- or 2-token kernel: a MoE prompt
+                    # puts 1-3 tokens on most experts, and the 4-token kernel did 4 tokens' arithmetic
+                    if left == 1:
+                        dot1(wr, xf, xo, res)
+                    elif left == 2:
+                        dot2(wr, xf, xo, res)
+                    else:
+                        dot4(wr, xf, xo, res)
+                    for k in range(min(4, left)):
                         out2[m_out[m + k], r] = res[k]
 
         fn = _compiled_once(("dot_rows_multi", t, True), impl_int, _JIT_DOT_ROWS)

@@ -37,7 +37,7 @@ from .int_intrinsics import (BYTE, LUT, LUT_IQ4NL, LUT_MXFP4, NIB, NIB5, acc_blo
 from .rows_common import E8M0_HALF, JIT_DOT, f16_at, stack_f32
 
 # the token counts the kernels are built for: a lone token, and the groups of dot_rows_multi
-NTS = (1, 4)
+NTS = (1, 2, 4)
 
 
 @njit(inline="always")
