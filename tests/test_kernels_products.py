@@ -168,6 +168,31 @@ def test_matmul_experts(qt, layout, n_tok):
     assert rel_err(y, y_ref, abs_product(x, w, ids)) < TOL
 
 
+def test_expert_groups_are_dealt_evenly_to_two_threads():
+    """matmul_experts reorders its expert groups so that the two halves of its parallel loop (numba's
+    OpenMP layer splits it statically) cost alike: still every pair once, under its own expert; in
+    expert order the busier half has ~6% more than the mean on random MoE-prompt routings, after ~0.4%."""
+    from kernels.numba_cpu.products import _balanced
+
+    def busier(cost):  # the busier half's cost over the mean, an odd count's middle group split
+        h = len(cost) / 2
+        first = cost[:int(h)].sum() + (cost[int(h)] / 2 if len(cost) % 2 else 0)
+        return max(first, cost.sum() - first) / (cost.sum() / 2)
+
+    rng = rng_for("balance")
+    before, after = [], []
+    for _ in range(300):
+        flat = rng.integers(0, 32, 64)  # 16 tokens x top-4 of 32 experts
+        order = np.argsort(flat, kind="stable")
+        experts, counts = np.unique(flat[order], return_counts=True)
+        e2, c2, o2 = _balanced(experts, counts, order, 4, 2)
+        assert sorted(e2) == list(experts) and np.array_equal(np.sort(o2), np.arange(64))
+        assert np.array_equal(flat[o2], np.repeat(e2, c2))  # each pair in its expert's group
+        before.append(busier(counts + 1.0))
+        after.append(busier(c2 + 1.0))
+    assert np.mean(after) < 1.01 < np.mean(before)
+
+
 def test_matmul_experts_reads_only_chosen_experts():
     """Experts never chosen may hold anything (here NaN scales): they must not be read."""
     rng = rng_for("chosen")
