@@ -39,10 +39,13 @@ from .drivers import (INT_KERNELS, KERNEL_HASH, ROW_KERNELS, TILE_ROWS, _TypeDri
 __all__ = ["INT_KERNELS", "KERNEL_HASH", "ROW_KERNELS", "TILE_ROWS", "dot_rows_multi", "drivers", "pack_rows",
            "matmul", "matmul_experts", "get_rows", "PATHS"]
 
-DIRECT_MAX = 4                  # groups of up to this many tokens dot straight from the blocks
+DIRECT_MAX = 6                  # groups of up to this many tokens dot straight from the blocks
 # (a MoE prompt spreads its tokens thin: 16 tokens x top-4 of 32 experts is ~2 per expert, and
 #  dequantizing a whole expert tile for 2 tokens cost more than dotting twice: gpt-oss-20b shape
-#  pp16 7.3 -> 9.9 t/s going from 1 to 4; 8 measured no better)
+#  pp16 7.3 -> 9.9 t/s going from 1 to 4. Since a group's last 1-2 tokens take the 1- and 2-token
+#  integer kernels, 5-6 tokens dot for less than a GEMM too: 16 tokens' MXFP4 expert product
+#  (32 x 2880 x 2880) 10.4-10.8 -> 9.7-10.0 ms at 6 on skewed and uniform routings, 8 no better;
+#  plain products of 5-6 tokens measured alike for every type)
 ROWS_MAX = 1 << 30              # path="rows": every group dots from the blocks, however many tokens
 TILE_BYTES = 512 << 10          # float32 bytes of a work item's dequantized tile (bigger groups)
 PARALLEL_MIN_WORK = 1 << 15     # below this many multiply-adds (weights x tokens), run on one thread
