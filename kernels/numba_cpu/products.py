@@ -39,13 +39,15 @@ from .drivers import (INT_KERNELS, KERNEL_HASH, ROW_KERNELS, TILE_ROWS, _TypeDri
 __all__ = ["INT_KERNELS", "KERNEL_HASH", "ROW_KERNELS", "TILE_ROWS", "dot_rows_multi", "drivers", "pack_rows",
            "matmul", "matmul_experts", "get_rows", "PATHS"]
 
-DIRECT_MAX = 6                  # groups of up to this many tokens dot straight from the blocks
+DIRECT_MAX = 4                  # groups of up to this many tokens dot straight from the blocks
 # (a MoE prompt spreads its tokens thin: 16 tokens x top-4 of 32 experts is ~2 per expert, and
 #  dequantizing a whole expert tile for 2 tokens cost more than dotting twice: gpt-oss-20b shape
-#  pp16 7.3 -> 9.9 t/s going from 1 to 4. Since a group's last 1-2 tokens take the 1- and 2-token
-#  integer kernels, 5-6 tokens dot for less than a GEMM too: 16 tokens' MXFP4 expert product
-#  (32 x 2880 x 2880) 10.4-10.8 -> 9.7-10.0 ms at 6 on skewed and uniform routings, 8 no better;
-#  plain products of 5-6 tokens measured alike for every type)
+#  pp16 7.3 -> 9.9 t/s going from 1 to 4)
+EXPERT_DIRECT_MAX = 6           # the same for an expert's group in matmul_experts: since a group's last
+# 1-2 tokens take the 1- and 2-token integer kernels, 5-6 tokens dot for less than a GEMM (16 tokens'
+# MXFP4 expert product, 32 x 2880 x 2880: 10.4-10.8 -> 9.7-10.0 ms on skewed and uniform routings, 8
+# no better). Plain products keep 4: at 5-6 tokens both ways measured alike for every type, and a plain
+# prompt of more than 4 tokens takes the batch scheduler's prompt path (tiles), bit for bit.
 ROWS_MAX = 1 << 30              # path="rows": every group dots from the blocks, however many tokens
 TILE_BYTES = 512 << 10          # float32 bytes of a work item's dequantized tile (bigger groups)
 PARALLEL_MIN_WORK = 1 << 15     # below this many multiply-adds (weights x tokens), run on one thread
@@ -309,7 +311,7 @@ def matmul_experts(x, w: QTensor, ids, n_threads: int, path=None, activations: s
     # pair p = t * n_used + u writes out row p; group the pairs by expert
     order = np.argsort(flat, kind="stable")
     experts, counts = np.unique(flat[order], return_counts=True)
-    direct_max = _direct_max(path)
+    direct_max = EXPERT_DIRECT_MAX if path is None else _direct_max(path)
     tiled = bool(counts.max() > direct_max)
     nt = _threads_for(_group_work(n_out, n_in, counts, direct_max), n_threads)
     if nt > 1 and len(experts) > 1 and counts.min() != counts.max():
