@@ -67,7 +67,8 @@ CASES = {
 def server(tmp_path_factory, request):
     """The server on each of uvicorn's HTTP/1.1 parsers (--http; httptools is the default)."""
     path = tiny_model(tmp_path_factory.mktemp("raw") / "tiny.gguf")
-    s = LiveServer("-m", str(path), "--timeout", "3", "--http", request.param)  # -to: idle/trickling clients go after 3 s
+    # -to: an idle or trickling client is dropped after 3 s
+    s = LiveServer("-m", str(path), "--timeout", "3", "--http", request.param)
     yield s
     s.stop()
 

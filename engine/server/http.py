@@ -27,10 +27,11 @@ except ImportError:  # pragma: no cover - httptools is a dependency
 
 
 class IdleTimeout:
-    """A watchdog for uvicorn's HTTP protocols (mixed into h11's or httptools'): a connection is aborted when a request has been awaited
-    for longer than `timeout` seconds without arriving whole (no request, a trickled head, a stalled
-    body), or when its response could not be written for `timeout` seconds (a client that stopped
-    reading). A running request that simply takes long is not idle: that is the request timeout's job."""
+    """A watchdog mixed into uvicorn's HTTP protocols (h11's or httptools'): a connection is aborted when
+    a request has been awaited for longer than `timeout` seconds without arriving whole (no request, a
+    trickled head, a stalled body), or when its response could not be written for `timeout` seconds (a
+    client that stopped reading). A running request that simply takes long is not idle: that is the
+    request timeout's job."""
 
     timeout: float = 600.0
 
@@ -79,8 +80,9 @@ class IdleTimeout:
 
 
 # uvicorn's two HTTP/1.1 implementations with the watchdog. httptools (C) is the default, as in uvicorn's
-# own "auto": a streamed token goes through the protocol's send on the event loop, and h11's pure-Python
-# framing held the GIL there long enough to delay the compute thread between its kernels.
+# own "auto": every streamed token goes through the protocol's send on the event loop, whose Python holds
+# the GIL the compute thread needs between kernels; with httptools the event loop's CPU per token of a
+# lone stream measured 0.25-0.26 ms against h11's 0.28-0.30 (SmolLM2, 2 vCPUs).
 PROTOCOLS = {"h11": type("H11IdleTimeout", (IdleTimeout, H11Protocol), {})}
 if HttpToolsProtocol is not None:
     PROTOCOLS["httptools"] = type("HttpToolsIdleTimeout", (IdleTimeout, HttpToolsProtocol), {})
