@@ -19,6 +19,7 @@ llama-cpp-python's server needs the `bench` extra (sse-starlette, starlette-cont
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import socket
 import statistics
@@ -51,6 +52,21 @@ def wait_ready(base: str, proc, timeout: float = 180):
         except OSError:
             time.sleep(0.3)
     raise RuntimeError("server not ready")
+
+
+@contextlib.contextmanager
+def started(cmd: list[str]):
+    """A server from `cmd` on a free port, ready; its base URL. Stopped on leaving."""
+    port = free_port()
+    proc = subprocess.Popen(cmd + ["--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base, proc)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(20)
 
 
 def chat(base: str, model: str, i: int, max_tokens: int) -> tuple[float, float, int, float]:
@@ -180,20 +196,12 @@ def main(argv=None) -> int:
               "| latency p95 s |")
         print("|---|---|---|---|---|---|---|---|---|")
         for name, cmd in servers.items():
-            port = free_port()
-            proc = subprocess.Popen(cmd + ["--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)
-            base = f"http://127.0.0.1:{port}"
-            try:
-                wait_ready(base, proc)
+            with started(cmd) as base:
                 for c in args.clients:
                     r = load(base, "m", c, args.requests, args.max_tokens)
                     print(f"| {name} | {c} | {r['requests_s']:.2f} | {r['tokens_s']:.1f} | {r['stream_tps']:.1f} | "
                           f"{r['ttft_p50']:.2f} | "
                           f"{r['ttft_p95']:.2f} | {r['p50_s']:.2f} | {r['p95_s']:.2f} |", flush=True)
-            finally:
-                proc.terminate()
-                proc.wait(20)
         if args.lone_pairs:
             lone_pairs(model, servers[f"ours (--parallel {args.parallel})"], args)
     return 0
@@ -204,22 +212,14 @@ def lone_pairs(model: str, cmd: list[str], args) -> None:
     requests from one client to the idle-between-rounds server, then bench again...): on a shared VM
     whose speed drifts by tens of percent within minutes, a ratio of two numbers taken minutes apart
     says more about the drift than about the server."""
-    port = free_port()
-    proc = subprocess.Popen(cmd + ["--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
     ratios = []
-    try:
-        wait_ready(base, proc)
+    with started(cmd) as base:
         print("\n| round | `engine bench` tg | lone stream t/s p50 | ratio |\n|---|---|---|---|")
         for i in range(args.lone_pairs):
             tg = bench_tg(model, args.threads)
             stream = load(base, "m", 1, 8, args.max_tokens)["stream_tps"]
             ratios.append(stream / tg)
             print(f"| {i + 1} | {tg:.1f} | {stream:.1f} | {stream / tg:.3f} |", flush=True)
-    finally:
-        proc.terminate()
-        proc.wait(20)
     print(f"\nlone stream / tg, median of {len(ratios)} pairs: {statistics.median(ratios):.3f}")
 
 
