@@ -477,3 +477,39 @@ def test_top_k_first_path_is_the_general_path(kind):
                 np.testing.assert_array_equal(fast.candidates[1], slow.candidates[1])
     # a sampler before top_k that acts (repeat penalty) takes the general path
     assert Sampler(SamplerParams(repeat_penalty=1.1))._lead is None
+
+
+@pytest.mark.parametrize("n", [49_152, 49_153, 151_936, 262_144])
+def test_top_k_of_a_big_vocabulary_is_the_one_pass_selection(n):
+    """A vocabulary of more than 4k groups of logits is first narrowed to the groups whose maximum
+    reaches the k-th largest group maximum (kernels/numba_cpu/select.py): the same k positions in the
+    same order as offering every logit, whatever the values -- ties across the cut, all equal, the
+    best in the short tail, mostly -inf, +inf -- and None for a NaN in a group or in the tail."""
+    from kernels.numba_cpu import select
+
+    r = np.random.default_rng(n)
+
+    def one_pass(x, k):
+        out = np.empty(k, np.int64)
+        c = select._top_k(x, k, out)
+        return None if c < 0 else out[:c]
+
+    for kind in ("gauss", "ties", "equal", "tail", "masked", "inf"):
+        x = (r.standard_normal(n) * 3).astype(np.float32)
+        if kind == "ties":
+            x = np.round(x).astype(np.float32)
+        elif kind == "equal":
+            x[:] = 1.5
+        elif kind == "tail":
+            x[-max(n % select.GROUP, 1):] += 30.0
+        elif kind == "masked":
+            x[r.random(n) < 0.999] = -np.inf
+        elif kind == "inf":
+            x[r.integers(0, n, 5)] = np.inf
+        for k in (1, 40, 100):
+            got = select.top_k_desc(x, k)
+            np.testing.assert_array_equal(got, one_pass(x, k))
+    for where in (7, n - 1):
+        x = (r.standard_normal(n) * 3).astype(np.float32)
+        x[where] = np.nan
+        assert select.top_k_desc(x, 40) is None

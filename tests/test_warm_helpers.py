@@ -114,6 +114,10 @@ DELEGATE = textwrap.dedent("""
     top = select.top_k_desc(np.array([0.5, 2.0, -1.0, 2.0], np.float32), 2)
     assert list(top) == [1, 3], top
     print("top_k hits", sum(select._top_k.stats.cache_hits.values()), "misses", sum(select._top_k.stats.cache_misses.values()))
+    top = select.top_k_desc(np.arange(select.GROUP * 200, dtype=np.float32), 2)
+    assert list(top) == [select.GROUP * 200 - 1, select.GROUP * 200 - 2], top
+    fn = select._top_k_groups
+    print("groups hits", sum(fn.stats.cache_hits.values()), "misses", sum(fn.stats.cache_misses.values()))
 """)
 
 
@@ -123,3 +127,4 @@ def test_op_helper_compiles_what_it_is_handed(tmp_path):
     lines = run_script(DELEGATE, tmp_path)
     assert "rows hits 1 misses 0" in lines, lines
     assert "top_k hits 1 misses 0" in lines, lines
+    assert "groups hits 1 misses 0" in lines, lines

