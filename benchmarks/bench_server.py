@@ -69,8 +69,9 @@ def started(cmd: list[str]):
         proc.wait(20)
 
 
-def chat(base: str, model: str, i: int, max_tokens: int) -> tuple[float, float, int, float]:
-    """One streamed chat: (time to first token, latency, completion tokens, time of the last token)."""
+def chat(base: str, model: str, i: int, max_tokens: int, usage: dict | None = None) -> tuple[float, float, int, float]:
+    """One streamed chat: (time to first token, latency, completion tokens, time of the last token).
+    `usage`, if given, gets the server's usage object (ours sends one; llama-cpp-python's does not)."""
     body = {"model": model, "messages": [{"role": "user", "content": f"Write a sentence about the number {i}."}],
             "max_tokens": max_tokens, "temperature": 0.8, "seed": i, "stream": True,
             "stream_options": {"include_usage": True}}
@@ -90,6 +91,8 @@ def chat(base: str, model: str, i: int, max_tokens: int) -> tuple[float, float, 
                 ttft = last
             if ev.get("usage"):
                 n = int(ev["usage"]["completion_tokens"])
+                if usage is not None:
+                    usage.update(ev["usage"])
             elif any((c.get("delta") or {}).get("content") for c in ev.get("choices", [])):
                 chunks += 1  # llama-cpp-python sends no usage in a stream: one content chunk per token
     lat = time.perf_counter() - t0
@@ -139,11 +142,12 @@ def load(base: str, model: str, clients: int, n_requests: int, max_tokens: int) 
             "stream_tps": statistics.median(rates) if rates else 0.0}
 
 
-def bench_tg(model: str, threads: int) -> float:
+def bench_tg(model: str, threads: int, depth: int = 0) -> float:
     """`python -m engine bench`'s tg (tokens/s of generation, median) on the same threads: the speed a
-    lone stream should approach."""
+    lone stream should approach. depth: `bench -d`, tokens already in the context (evaluated as a
+    prompt just before, as a chat's prompt is before its reply)."""
     p = subprocess.run([sys.executable, "-m", "engine", "bench", "-m", model, "-p", "16", "-n", "32", "-r", "3",
-                        "-t", str(threads), "--json"], capture_output=True, text=True, cwd=ROOT)
+                        "-d", str(depth), "-t", str(threads), "--json"], capture_output=True, text=True, cwd=ROOT)
     if p.returncode != 0:
         return float("nan")
     return float(json.loads(p.stdout.strip().splitlines()[-1])["tg"]["median"])
@@ -211,16 +215,28 @@ def lone_pairs(model: str, cmd: list[str], args) -> None:
     """A lone stream's decode speed against `engine bench`'s tg, measured alternately (bench, then 8
     requests from one client to the idle-between-rounds server, then bench again...): on a shared VM
     whose speed drifts by tens of percent within minutes, a ratio of two numbers taken minutes apart
-    says more about the drift than about the server."""
-    ratios = []
+    says more about the drift than about the server.
+
+    Two tg's: from an empty context (bench's default, the issue's yardstick), and at the stream's own
+    depth (`bench -d`: its chat prompt's tokens evaluated just before, as the server evaluates them
+    before the reply) -- what the server and the sampling cost, apart from what the longer context
+    and the prompt before it cost the model itself."""
+    ratios, ratios_d = [], []
     with started(cmd) as base:
-        print("\n| round | `engine bench` tg | lone stream t/s p50 | ratio |\n|---|---|---|---|")
+        usage: dict = {}
+        chat(base, "m", 0, 4, usage)
+        depth = int(usage.get("prompt_tokens", 0))
+        print(f"\n| round | `engine bench` tg | tg @ d{depth} | lone stream t/s p50 | ratio to tg | ratio to tg @ d{depth} |"
+              "\n|---|---|---|---|---|---|")
         for i in range(args.lone_pairs):
             tg = bench_tg(model, args.threads)
+            tg_d = bench_tg(model, args.threads, depth)
             stream = load(base, "m", 1, 8, args.max_tokens)["stream_tps"]
             ratios.append(stream / tg)
-            print(f"| {i + 1} | {tg:.1f} | {stream:.1f} | {stream / tg:.3f} |", flush=True)
-    print(f"\nlone stream / tg, median of {len(ratios)} pairs: {statistics.median(ratios):.3f}")
+            ratios_d.append(stream / tg_d)
+            print(f"| {i + 1} | {tg:.1f} | {tg_d:.1f} | {stream:.1f} | {stream / tg:.3f} | {stream / tg_d:.3f} |", flush=True)
+    print(f"\nlone stream / tg, median of {len(ratios)} rounds: {statistics.median(ratios):.3f}; "
+          f"/ tg @ d{depth} (the stream's prompt): {statistics.median(ratios_d):.3f}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
-"""`bench -m MODEL -p 128 -n 64 -t 2 -r 3 [--json] [--llama-cpp]`: prompt and generation speed, like llama-bench.
+"""`bench -m MODEL -p 128 -n 64 -t 2 -r 3 [-d 512] [--json] [--llama-cpp]`: prompt and generation speed, like llama-bench.
 
 pp: `-p` random prompt tokens evaluated in one batch from an empty context. tg: `-n` tokens evaluated
-one at a time from an empty context. Each is run once to warm up (JIT compilation), then `-r` times;
+one at a time from an empty context. `-d N` (llama-bench's `-d`, reported as "tg64 @ d512") starts
+each run from a context already holding N random tokens, evaluated as a prompt beforehand and not
+timed: the speed a chat has N tokens in -- attention reads every cached position, so decode slows
+as the context grows. Each is run once to warm up (JIT compilation), then `-r` times;
 the report is the mean and standard deviation of tokens per second. `--llama-cpp` measures llama.cpp
 (llama-cpp-python) on the same file with the same threads in the same run and prints the ratio.
 """
@@ -16,7 +19,7 @@ import time
 
 import numpy as np
 
-from engine.generate import decode
+from engine.generate import decode, prefill
 
 from .common import add_model_args
 
@@ -28,6 +31,8 @@ def add_arguments(p):
     p.add_argument("-p", "--n-prompt", type=int, default=512, help="prompt tokens (pp test; 0 skips)")
     p.add_argument("-n", "--n-gen", type=int, default=128, help="generated tokens (tg test; 0 skips)")
     p.add_argument("-r", "--repetitions", type=int, default=5)
+    p.add_argument("-d", "--n-depth", type=int, default=0,
+                   help="tokens already in the context when each pp/tg run starts (llama-bench's -d; default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--llama-cpp", action="store_true", help="also measure llama.cpp (needs llama-cpp-python)")
 
@@ -55,15 +60,24 @@ def bench_engine(eng, args) -> dict:
     rng = np.random.default_rng(0)
     model = eng.model
 
+    depth = getattr(args, "n_depth", 0)
+
+    def filled(n):
+        """A cache for `depth` + n positions holding `depth` random tokens (-d), evaluated as a prompt."""
+        cache = model.new_cache(depth + n)
+        if depth:
+            prefill(model, cache, rng.integers(0, eng.n_vocab, depth).tolist())
+        return cache
+
     def run_pp(n):
-        cache = model.new_cache(n)
+        cache = filled(n)
         toks = rng.integers(0, eng.n_vocab, n).tolist()
         t0 = time.perf_counter()
         eng.backend.to_numpy(model.forward(toks, cache))
         return time.perf_counter() - t0
 
     def run_tg(n):
-        cache = model.new_cache(n)
+        cache = filled(n)
         tok = int(rng.integers(0, eng.n_vocab))
         t0 = time.perf_counter()
         for _ in range(n):
@@ -84,22 +98,28 @@ def bench_engine(eng, args) -> dict:
 def bench_llama_cpp(path, n_vocab: int, threads: int, args) -> dict:
     import llama_cpp
 
-    n_ctx = max(args.n_prompt, args.n_gen) + 8
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=max(args.n_prompt, 1), n_ubatch=max(args.n_prompt, 1),
+    depth = getattr(args, "n_depth", 0)
+    n_ctx = depth + max(args.n_prompt, args.n_gen) + 8
+    batch = max(args.n_prompt, min(depth, 512), 1)  # a pp run in one batch, as ours; the depth in few
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=batch, n_ubatch=batch,
                           n_threads=threads, n_threads_batch=threads, verbose=False)
     rng = np.random.default_rng(0)
 
-    def run_pp(n):
+    def filled():
         llm.reset()
         llm._ctx.kv_cache_clear()
+        if depth:
+            llm.eval(rng.integers(0, n_vocab, depth).tolist())
+
+    def run_pp(n):
+        filled()
         toks = rng.integers(0, n_vocab, n).tolist()
         t0 = time.perf_counter()
         llm.eval(toks)
         return time.perf_counter() - t0
 
     def run_tg(n):
-        llm.reset()
-        llm._ctx.kv_cache_clear()
+        filled()
         tok = int(rng.integers(0, n_vocab))
         t0 = time.perf_counter()
         for _ in range(n):
@@ -125,7 +145,8 @@ def bench_llama_cpp_isolated(path, n_vocab: int, threads: int, args) -> dict:
         if saved is not None:
             os.environ["OMP_WAIT_POLICY"] = saved
     with pool:
-        plain = argparse.Namespace(n_prompt=args.n_prompt, n_gen=args.n_gen, repetitions=args.repetitions)
+        plain = argparse.Namespace(n_prompt=args.n_prompt, n_gen=args.n_gen, repetitions=args.repetitions,
+                                   n_depth=getattr(args, "n_depth", 0))
         return pool.apply(bench_llama_cpp, (str(path), n_vocab, threads, plain))
 
 
@@ -134,10 +155,12 @@ def main(args) -> int:
 
     from .common import load_engine
 
+    if args.n_depth < 0:
+        raise SystemExit(f"error: -d/--n-depth must be 0 or more, not {args.n_depth}")
     eng = load_engine(args)
     threads = args.threads or os.cpu_count()
     result = {"model": str(eng.gguf.path), "backend": eng.backend.name, "threads": threads,
-              "n_prompt": args.n_prompt, "n_gen": args.n_gen, "repetitions": args.repetitions}
+              "n_prompt": args.n_prompt, "n_gen": args.n_gen, "n_depth": args.n_depth, "repetitions": args.repetitions}
     result.update(bench_engine(eng, args))
     if args.llama_cpp:
         ref = bench_llama_cpp_isolated(eng.gguf.path, eng.n_vocab, threads, args)
@@ -156,7 +179,8 @@ def main(args) -> int:
         ref = result.get("llama_cpp", {}).get(key)
         ref_txt = f"{ref['mean']:.2f} ± {ref['std']:.2f}" if ref else "-"
         ratio = f"{result['ratio'][key]:.2f}" if ref else "-"
-        print(f"| {name} | {eng.backend.name} | {threads} | {key}{n} | {r['mean']:.2f} ± {r['std']:.2f} | {ref_txt} | {ratio} |")
+        test = f"{key}{n}" + (f" @ d{args.n_depth}" if args.n_depth else "")
+        print(f"| {name} | {eng.backend.name} | {threads} | {test} | {r['mean']:.2f} ± {r['std']:.2f} | {ref_txt} | {ratio} |")
     if "device" in result:
         d = result["device"]
         print(f"\ndevice: {d['device']}; {d['kernels_per_decode_step']} kernels per decode step; "
