@@ -74,3 +74,32 @@ def test_bench_json(smollm2_path):
     out = json.loads(r.stdout)
     for key in ("pp", "tg"):
         assert out[key]["mean"] > 0 and out[key]["std"] >= 0
+
+
+def test_bench_depth_starts_each_run_from_a_filled_context(smollm2_path, monkeypatch):
+    """`bench -d N` (llama-bench's -d): every timed pp pass and tg step runs on a cache already holding N
+    tokens, evaluated as a prompt beforehand, and the report names the depth."""
+    import argparse
+
+    from engine.commands import bench
+
+    eng = Engine.load(smollm2_path, n_ctx=256, n_threads=2)
+    seen = []  # (tokens in this call, positions already in the cache)
+    forward = eng.model.forward
+
+    def spy(tokens, cache, *a, **kw):
+        seen.append((len(tokens), cache.n_past))
+        return forward(tokens, cache, *a, **kw)
+
+    monkeypatch.setattr(eng.model, "forward", spy)
+    out = bench.bench_engine(eng, argparse.Namespace(n_prompt=5, n_gen=3, repetitions=2, n_depth=12))
+    assert out["pp"]["n_tokens"] == 5 and out["tg"]["n_tokens"] == 3
+    pp = [past for n, past in seen if n == 5]
+    tg = [past for n, past in seen if n == 1]
+    assert pp == [12] * 3                       # the warm-up and the two timed passes
+    assert tg == [12, 13, 14] * 3               # each run's three steps, from the filled context
+    assert [n for n, past in seen if past == 0] == [12] * 6   # the depth, evaluated as one prompt each run
+    r = run("bench", "-m", smollm2_path, "-p", 0, "-n", 2, "-r", 1, "-t", 2, "-d", 8)
+    assert r.returncode == 0 and "tg2 @ d8" in r.stdout, r.stderr
+    r = run("bench", "-m", smollm2_path, "-n", 2, "-d", -1)
+    assert r.returncode != 0 and "n-depth" in r.stderr
