@@ -226,15 +226,16 @@ def lone_pairs(model: str, cmd: list[str], args) -> None:
         usage: dict = {}
         chat(base, "m", 0, 4, usage)
         depth = int(usage.get("prompt_tokens", 0))
-        print(f"\n| round | `engine bench` tg | tg @ d{depth} | lone stream t/s p50 | ratio to tg | ratio to tg @ d{depth} |"
-              "\n|---|---|---|---|---|---|")
+        print(f"\n| round | `engine bench` tg | tg @ d{depth} | lone stream t/s p50 | ratio to tg "
+              f"| ratio to tg @ d{depth} |\n|---|---|---|---|---|---|")
         for i in range(args.lone_pairs):
             tg = bench_tg(model, args.threads)
             tg_d = bench_tg(model, args.threads, depth)
             stream = load(base, "m", 1, 8, args.max_tokens)["stream_tps"]
             ratios.append(stream / tg)
             ratios_d.append(stream / tg_d)
-            print(f"| {i + 1} | {tg:.1f} | {tg_d:.1f} | {stream:.1f} | {stream / tg:.3f} | {stream / tg_d:.3f} |", flush=True)
+            print(f"| {i + 1} | {tg:.1f} | {tg_d:.1f} | {stream:.1f} | {stream / tg:.3f} | {stream / tg_d:.3f} |",
+                  flush=True)
     print(f"\nlone stream / tg, median of {len(ratios)} rounds: {statistics.median(ratios):.3f}; "
           f"/ tg @ d{depth} (the stream's prompt): {statistics.median(ratios_d):.3f}")
 

@@ -1,4 +1,5 @@
-"""`bench -m MODEL -p 128 -n 64 -t 2 -r 3 [-d 512] [--json] [--llama-cpp]`: prompt and generation speed, like llama-bench.
+"""`bench -m MODEL -p 128 -n 64 -t 2 -r 3 [-d 512] [--json] [--llama-cpp]`: prompt and generation speed, like
+llama-bench.
 
 pp: `-p` random prompt tokens evaluated in one batch from an empty context. tg: `-n` tokens evaluated
 one at a time from an empty context. `-d N` (llama-bench's `-d`, reported as "tg64 @ d512") starts
@@ -180,7 +181,8 @@ def main(args) -> int:
         ref_txt = f"{ref['mean']:.2f} ± {ref['std']:.2f}" if ref else "-"
         ratio = f"{result['ratio'][key]:.2f}" if ref else "-"
         test = f"{key}{n}" + (f" @ d{args.n_depth}" if args.n_depth else "")
-        print(f"| {name} | {eng.backend.name} | {threads} | {test} | {r['mean']:.2f} ± {r['std']:.2f} | {ref_txt} | {ratio} |")
+        print(f"| {name} | {eng.backend.name} | {threads} | {test} | {r['mean']:.2f} ± {r['std']:.2f} | {ref_txt} "
+              f"| {ratio} |")
     if "device" in result:
         d = result["device"]
         print(f"\ndevice: {d['device']}; {d['kernels_per_decode_step']} kernels per decode step; "
