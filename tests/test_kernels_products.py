@@ -172,7 +172,7 @@ def test_expert_groups_are_dealt_evenly_to_two_threads():
     """matmul_experts reorders its expert groups so that the two halves of its parallel loop (numba's
     OpenMP layer splits it statically) cost alike: still every pair once, under its own expert; in
     expert order the busier half has ~6% more than the mean on random MoE-prompt routings, after ~0.4%."""
-    from kernels.numba_cpu.products import _balanced
+    from kernels.numba_cpu.products import _balanced, _group_cost
 
     def busier(cost):  # the busier half's cost over the mean, an odd count's middle group split
         h = len(cost) / 2
@@ -188,9 +188,8 @@ def test_expert_groups_are_dealt_evenly_to_two_threads():
         e2, c2, o2 = _balanced(experts, counts, order, 4, 2)
         assert sorted(e2) == list(experts) and np.array_equal(np.sort(o2), np.arange(64))
         assert np.array_equal(flat[o2], np.repeat(e2, c2))  # each pair in its expert's group
-        cost = lambda c: np.where(c <= 4, c + 1.0, c + 4.0)  # noqa: E731 - _balanced's model of a group's cost
-        before.append(busier(cost(counts)))
-        after.append(busier(cost(c2)))
+        before.append(busier(_group_cost(counts, 4).astype(float)))
+        after.append(busier(_group_cost(c2, 4).astype(float)))
     assert np.mean(after) < 1.01 < np.mean(before)
 
 

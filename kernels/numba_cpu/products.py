@@ -328,18 +328,23 @@ def matmul_experts(x, w: QTensor, ids, n_threads: int, path=None, activations: s
     return out
 
 
+def _group_cost(counts, direct_max: int):
+    """A group of c tokens' cost per weight row, in token-rows: c + 1 where its tokens dot from the
+    blocks (the row's unpacking ~ one token's dot), c + 4 where it dequantizes a tile."""
+    return np.where(counts <= direct_max, counts + 1, counts + 4)
+
+
 def _balanced(experts, counts, order, direct_max: int, nt: int):
     """The groups (experts, their pair counts, the pairs in group order) reordered so that each thread's
     share of the parallel loop costs about the same. The loop's items are (group, chunk of rows) in
     group order, and numba's OpenMP layer hands each thread one contiguous range of them, an equal
     number of items (static: `parallel_chunksize` only cuts that range finer -- measured, an uneven
-    prange with chunk size 1 took as long as with 0). A group of c tokens costs about c + 1 token-rows
-    a row where its tokens dot from the blocks (the row's unpacking ~ one token's dot), c + 4 where it
-    dequantizes a tile; dealt to the threads heaviest first, back and forth (1, 2, 2, 1, 1, 2...), and
+    prange with chunk size 1 took as long as with 0). Groups weighed by `_group_cost` are dealt to the
+    threads heaviest first, back and forth (1, 2, 2, 1, 1, 2...), and
     laid out thread by thread. A MoE prompt of 16 tokens puts 1-6 tokens on each of ~27 experts:
     in expert order the busier thread had ~6% more than the average (simulated over random routings;
     0.4% after)."""
-    cost = np.where(counts <= direct_max, counts + 1, counts + 4)
+    cost = _group_cost(counts, direct_max)
     heavy = np.argsort(-cost, kind="stable")
     lane = np.arange(len(heavy)) % (2 * nt)
     lane = np.where(lane < nt, lane, 2 * nt - 1 - lane)

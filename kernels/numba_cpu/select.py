@@ -78,7 +78,7 @@ def top_k_desc(logits: np.ndarray, k: int) -> np.ndarray | None:
     logits reach the floor, so the k-th best does too, and a group whose maximum is below it holds
     none of the k. Only the groups at or above it (about k of them) and the short tail are offered
     logit by logit, in position order, as `_top_k` offers all: the same k in the same order. A 49k
-    vocabulary ~50 -> ~15 us; Gemma 3's 262k ~220 -> ~40 us."""
+    vocabulary 50 -> 22 us; Gemma 3's 262k 222 -> 48 us."""
     n = len(logits)
     out = np.empty(k, np.int64)
     groups = n // GROUP
