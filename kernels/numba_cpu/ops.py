@@ -37,6 +37,7 @@ from . import pool
 from .activations import f16_rounded, to_f16
 from .rows_common import as_f32, prefetch
 from .compute_thread import pinned
+from .half import kernel_view, kv_put, kv_value
 from .thin_drivers import thin
 from ..ops_numpy import (
     GELU_F16_TABLE,
@@ -176,7 +177,8 @@ def _rope_apply(x, out, t, n_dims, neox, cs, sn):
 @njit(**_JIT)
 def _rope_store_ser(q, k, v, pos, n_dims, neox, theta_scale, freq_scale, ext_factor, mscale, low, high, ff, has_ff,
                     q_scale, half, qo, kc, vc, start):
-    """rope(q) * q_scale into qo, rope(k) and v into cache rows start.. (f16-rounded with `half`): the
+    """rope(q) * q_scale into qo, rope(k) and v into cache rows start.. (f16 bits into an f16 cache; into a
+    float32 one f16-rounded with `half`, half.kv_put): the
     arithmetic of rope, rope, the scaling and two kv_store calls, in one call (see NumbaOps.rope_kv_store).
     `rope` alone is this kernel with k and v of no heads: one kernel to compile (~1 s of a first run) for both.
     Not thin (thin_drivers.py): the RoPE and the rounding are inlined here, in its own module."""
@@ -195,10 +197,10 @@ def _rope_store_ser(q, k, v, pos, n_dims, neox, theta_scale, freq_scale, ext_fac
         row = start + t
         for h in range(k.shape[1]):
             for d in range(k.shape[2]):
-                kc[row, h, d] = to_f16(kr[t, h, d]) if half else kr[t, h, d]
+                kv_put(kc, row, h, d, kr[t, h, d], half)
         for h in range(v.shape[1]):
             for d in range(v.shape[2]):
-                vc[row, h, d] = to_f16(v[t, h, d]) if half else v[t, h, d]
+                kv_put(vc, row, h, d, v[t, h, d], half)
 
 
 # --- softmax
@@ -337,13 +339,13 @@ def _make_attention(P16: bool, SINKS: bool, CAP: bool):
         # scores, four kv rows at a time (each q element loaded once for four dot products); the rows
         # ATTN_PREFETCH ahead are asked for meanwhile (a long cache streams from DRAM)
         n_kv_head = k.shape[1]
-        lines_k = (d_k * 4 + 63) // 64
+        lines_k = (d_k * k.itemsize + 63) // 64
         p = 0
         while p + 4 <= nv:
             ja, jb, jc, jd = idx[p], idx[p + 1], idx[p + 2], idx[p + 3]
             if p + ATTN_PREFETCH + 4 <= nv:
                 for f in range(4):
-                    base = (idx[p + ATTN_PREFETCH + f] * n_kv_head + g) * d_k * 4
+                    base = (idx[p + ATTN_PREFETCH + f] * n_kv_head + g) * d_k * k.itemsize
                     for c in range(lines_k):
                         prefetch(k, base + 64 * c)
             for r in range(group):
@@ -353,10 +355,10 @@ def _make_attention(P16: bool, SINKS: bool, CAP: bool):
                 a3 = ZERO
                 for d in range(d_k):
                     qd = q[t, h0 + r, d]
-                    a0 += qd * k[ja, g, d]
-                    a1 += qd * k[jb, g, d]
-                    a2 += qd * k[jc, g, d]
-                    a3 += qd * k[jd, g, d]
+                    a0 += qd * kv_value(k[ja, g, d])
+                    a1 += qd * kv_value(k[jb, g, d])
+                    a2 += qd * kv_value(k[jc, g, d])
+                    a3 += qd * kv_value(k[jd, g, d])
                 s[r, p] = _score(a0, scale, softcap, inv_cap, CAP)
                 s[r, p + 1] = _score(a1, scale, softcap, inv_cap, CAP)
                 s[r, p + 2] = _score(a2, scale, softcap, inv_cap, CAP)
@@ -367,7 +369,7 @@ def _make_attention(P16: bool, SINKS: bool, CAP: bool):
             for r in range(group):
                 a0 = ZERO
                 for d in range(d_k):
-                    a0 += q[t, h0 + r, d] * k[ja, g, d]
+                    a0 += q[t, h0 + r, d] * kv_value(k[ja, g, d])
                 s[r, p] = _score(a0, scale, softcap, inv_cap, CAP)
             p += 1
         # softmax numerators (vectorized exp), then the weighted sum of V rows
@@ -396,17 +398,17 @@ def _make_attention(P16: bool, SINKS: bool, CAP: bool):
                 s[r, p] = e
                 tot += np.float64(e)
             l[r] = tot
-        lines_v = (d_v * 4 + 63) // 64
+        lines_v = (d_v * v.itemsize + 63) // 64
         for p in range(nv):
             j = idx[p]
             if p + ATTN_PREFETCH < nv:
-                base = (idx[p + ATTN_PREFETCH] * n_kv_head + g) * d_v * 4
+                base = (idx[p + ATTN_PREFETCH] * n_kv_head + g) * d_v * v.itemsize
                 for c in range(lines_v):
                     prefetch(v, base + 64 * c)
             for r in range(group):
                 e = s[r, p]
                 for d in range(d_v):
-                    acc[r, d] += e * v[j, g, d]
+                    acc[r, d] += e * kv_value(v[j, g, d])
 
 
     @njit(**_JIT_ITEM)
@@ -584,6 +586,11 @@ def _rope_consts(p: RopeParams) -> tuple:
     return c
 
 
+def _writable(cache) -> np.ndarray:
+    """A cache array as the kernel that writes it takes it (the same memory): an f16 one as its bits."""
+    return cache.view(np.uint16) if cache.dtype == np.float16 else cache
+
+
 class NumbaOps(NumpyOps):
     """NumpyOps with Numba kernels for the ops a forward pass spends its time in."""
 
@@ -591,6 +598,13 @@ class NumbaOps(NumpyOps):
 
     def round_kv(self, x):
         return f16_rounded(x) if self.half_attention else x
+
+    def new_kv(self, n_ctx: int, n_head_kv: int, head_dim: int) -> np.ndarray:
+        """In llama.cpp mode an f16 cache, as llama.cpp's (half.py: half the memory and the bytes a long
+        context's attention reads); a float32 one for the exact f32 mode."""
+        if not self.half_attention:
+            return super().new_kv(n_ctx, n_head_kv, head_dim)
+        return np.zeros((n_ctx, n_head_kv, head_dim), np.float16)
 
     def _warm(self, rows=None) -> None:
         """Before the first op: if a helper is compiling the op kernels (warm.py), compile the products
@@ -666,7 +680,7 @@ class NumbaOps(NumpyOps):
             raise ValueError(f"kv_store: positions {start}..{end - 1} outside a cache of {cache_k.shape[0]} rows")
         qo = np.empty_like(q)
         _rope_store_ser(q, k, v, pos, *_rope_consts(p), ONE if q_scale is None else np.float32(q_scale),
-                        self.half_attention, qo, cache_k, cache_v, start)
+                        self.half_attention, qo, _writable(cache_k), _writable(cache_v), start)
         return qo, cache_k[:end], cache_v[:end]
 
     def softmax(self, x):
@@ -718,7 +732,7 @@ class NumbaOps(NumpyOps):
     def attention(self, q, k, v, q_pos, *, scale: float, window: int = 0, sinks=None, kv_pos=None,
                   softcap: float = 0.0, spans=None):
         self._warm()
-        q, k, v = _f32c(q), _f32c(k), _f32c(v)
+        q, k, v = _f32c(q), kernel_view(k), kernel_view(v)  # an f16 cache as its bits (half.py)
         check_attention(q, k, v)
         n_tok, n_head, d_k = q.shape
         n_kv, n_head_kv, d_v = v.shape
