@@ -137,3 +137,24 @@ def test_a_models_cache_is_f16_and_decodes_as_before(smollm2_path):
     assert sum(a.nbytes for a in c.k + c.v) == 2 * 30 * 64 * 3 * 64 * 2  # K and V, 30 layers, 3 kv heads of 64
     pool = eng.model.new_caches(32, 2)
     assert pool[0].pool is not None and pool[0].pool.k[0].dtype == np.float16
+
+
+@pytest.mark.parametrize("n_head,n_head_kv", [(4, 1), (3, 1), (9, 3)])
+def test_splitting_the_query_heads_of_a_kv_head_changes_no_bits(n_head, n_head_kv):
+    """With fewer (token, kv head) items than threads attention splits the query heads sharing a kv head
+    over the threads (ops._head_split); every head's output is the same bits as in one thread's call,
+    which computes the group together."""
+    r = np.random.default_rng(9)
+    k = r.standard_normal((700, n_head_kv, 64)).astype(np.float16)
+    v = r.standard_normal((700, n_head_kv, 64)).astype(np.float16)
+    q = r.standard_normal((1, n_head, 64)).astype(np.float32)
+    many, one = NumbaBackend(n_threads=4), NumbaBackend(n_threads=1)
+    group = n_head // n_head_kv
+    nt = many._threads()
+    parts = many._head_split(n_head_kv, group, True)
+    assert parts == (1 if n_head_kv >= nt else min(group, -(-nt // n_head_kv)))
+    assert one._head_split(n_head_kv, group, False) == 1
+    for kw in ({}, {"window": 100, "sinks": r.standard_normal(n_head).astype(np.float32)}):
+        want = one.attention(q, k, v, np.array([699]), scale=0.125, **kw)
+        got = many.attention(q, k, v, np.array([699]), scale=0.125, **kw)
+        np.testing.assert_array_equal(got, want)

@@ -19,7 +19,10 @@ Attention is a two-pass softmax per work item (token t, kv head g, kv chunk c) c
 n_head/n_head_kv query heads that share kv head g, so each K and V row is loaded once per group:
 pass 1 computes the visible scores and their max, pass 2 exponentiates and accumulates V. When there
 are few items (decode with few kv heads) the kv range is split into chunks whose partial
-(max, sum, unnormalised output) are merged afterwards (split-K, "flash-decoding").
+(max, sum, unnormalised output) are merged afterwards (split-K, "flash-decoding") -- in the exact f32
+mode only: llama.cpp mode rounds each normalised probability to f16 before it multiplies V, which needs
+the whole row's max and sum first. There, fewer items than threads split the group of query heads
+instead (`_head_split`), which changes no head's arithmetic.
 """
 
 from __future__ import annotations
@@ -310,15 +313,14 @@ def _make_attention(P16: bool, SINKS: bool, CAP: bool):
     compiled into its variant's parallel driver (`_make_attn_par`), which is."""
 
     @njit(**_JIT_ITEM)
-    def _attn_chunk(q, k, v, t, g, group, j0, j1, qp, kv_pos, scale, window, m, l, acc, sinks, softcap):
-        """The `group` query heads of kv head g (token t) against kv rows [j0, j1): per head the max m
+    def _attn_chunk(q, k, v, t, g, h0, group, j0, j1, qp, kv_pos, scale, window, m, l, acc, sinks, softcap):
+        """The `group` query heads h0.. of kv head g (token t) against kv rows [j0, j1): per head the max m
         of the visible scores, the sum l of exp(s - m) and the unnormalised output acc = sum exp(s - m) v.
         With P16 (one chunk only) it does what ggml does without flash attention: the probabilities are
         normalised (sinks included) and rounded to f16 before they multiply V; acc is then the output.
         softcap > 0 caps each raw score q.k as softcap*tanh(q.k/softcap) before the scale (Gemma 2)."""
         d_k = q.shape[2]
         d_v = v.shape[2]
-        h0 = g * group
         for r in range(group):
             m[r] = NEG_INF
             l[r] = 0.0
@@ -379,7 +381,7 @@ def _make_attention(P16: bool, SINKS: bool, CAP: bool):
                 mr = max(mr, s[r, p])
             m[r] = mr
             if P16:  # ggml_soft_max_ext: the max includes the sink, then exp, sum, scale, f16
-                sk = sinks[g * group + r] if SINKS else NEG_INF
+                sk = sinks[h0 + r] if SINKS else NEG_INF
                 mx = max(mr, sk)
                 tot = 0.0
                 for p in range(nv):  # ggml's vectorized expf (ggml_v_expf) is no libm expf either
@@ -412,15 +414,24 @@ def _make_attention(P16: bool, SINKS: bool, CAP: bool):
 
 
     @njit(**_JIT_ITEM)
-    def _attn_item(it, q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, n_chunks, out, mbuf, lbuf, abuf, softcap):
+    def _attn_item(it, q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, n_chunks, n_split, out, mbuf, lbuf, abuf,
+                   softcap):
         n_tok, n_head = q.shape[0], q.shape[1]
         n_kv, n_head_kv = k.shape[0], k.shape[1]
         d_v = v.shape[2]
-        group = n_head // n_head_kv
         c = it % n_chunks
         rest = it // n_chunks
+        # the query heads sharing kv head g, in n_split parts (one part but for a few tokens: see attention)
+        sub = rest % n_split
+        rest = rest // n_split
         g = rest % n_head_kv
         ti = rest // n_head_kv
+        per_kv = n_head // n_head_kv
+        part = (per_kv + n_split - 1) // n_split
+        h0 = g * per_kv + sub * part
+        group = min(part, (g + 1) * per_kv - h0)
+        if group <= 0:
+            return
         # zigzag over tokens: prange splits items into contiguous ranges, and with a causal mask late
         # tokens cost more; pairing early and late tokens balances the threads.
         t = ti // 2 if ti % 2 == 0 else n_tok - 1 - ti // 2
@@ -432,8 +443,7 @@ def _make_attention(P16: bool, SINKS: bool, CAP: bool):
         m = np.empty(group, np.float32)
         l = np.empty(group, np.float64)
         acc = np.empty((group, d_v), np.float32)
-        _attn_chunk(q, k, v, t, g, group, j0, j1, q_pos[t], kv_pos, scale, window, m, l, acc, sinks, softcap)
-        h0 = g * group
+        _attn_chunk(q, k, v, t, g, h0, group, j0, j1, q_pos[t], kv_pos, scale, window, m, l, acc, sinks, softcap)
         if P16:
             for r in range(group):
                 for d in range(d_v):
@@ -470,23 +480,24 @@ _JIT_ITEM = dict(_JIT_FAST, cache=False)
 _ATTN_ITEMS: dict = {}
 
 
-def attn_item(variant, it, q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, n_chunks, out, mbuf, lbuf, abuf,
-              softcap):  # pragma: no cover - overloaded below
+def attn_item(variant, it, q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, n_chunks, n_split, out, mbuf, lbuf,
+              abuf, softcap):  # pragma: no cover - overloaded below
     """Work item `it` of attention variant `variant` (P16 * 4 + SINKS * 2 + CAP, a literal)."""
     raise NotImplementedError
 
 
 @overload(attn_item, jit_options=_JIT_FAST)
-def _attn_item_of(variant, it, q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, n_chunks, out, mbuf, lbuf, abuf,
-                  softcap):
+def _attn_item_of(variant, it, q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, n_chunks, n_split, out, mbuf,
+                  lbuf, abuf, softcap):
     if not isinstance(variant, types.IntegerLiteral):
         raise errors.RequireLiteralValue(variant)
     key = variant.literal_value
     item = _ATTN_ITEMS.get(key)
     if item is None:
         item = _ATTN_ITEMS.setdefault(key, _make_attention(bool(key & 4), bool(key & 2), bool(key & 1)))
-    return lambda variant, it, q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, n_chunks, out, mbuf, lbuf, abuf, \
-        softcap: item(it, q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, n_chunks, out, mbuf, lbuf, abuf, softcap)
+    return lambda variant, it, q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, n_chunks, n_split, out, mbuf, lbuf, \
+        abuf, softcap: item(it, q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, n_chunks, n_split, out, mbuf, lbuf,
+                            abuf, softcap)
 
 
 def _make_attn_par(VARIANT: int):
@@ -495,11 +506,12 @@ def _make_attn_par(VARIANT: int):
 
     @thin
     @njit(parallel=True, **_JIT)
-    def _attn_par(q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, n_chunks, out, mbuf, lbuf, abuf, softcap):
-        n_items = q.shape[0] * k.shape[1] * n_chunks
+    def _attn_par(q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, n_chunks, n_split, out, mbuf, lbuf, abuf,
+                  softcap):
+        n_items = q.shape[0] * k.shape[1] * n_split * n_chunks
         for it in prange(n_items):
-            attn_item(VARIANT, np.int64(it), q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, n_chunks, out, mbuf,
-                      lbuf, abuf, softcap)
+            attn_item(VARIANT, np.int64(it), q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, n_chunks, n_split,
+                      out, mbuf, lbuf, abuf, softcap)
 
     return _attn_par
 
@@ -728,6 +740,17 @@ class NumbaOps(NumpyOps):
             return 1
         return max(1, min(-(-4 * nt // n_items), n_kv // 256))
 
+    def _head_split(self, n_items: int, group: int, parallel: bool) -> int:
+        """Into how many parts to split the query heads that share a kv head: only when there are fewer
+        (token, kv head) items than threads (a decode token of a model with one kv head, Gemma 3's, had
+        one thread working and the other waiting). Each part reads the kv head's rows again, so with
+        items enough for every thread it stays one part (SmolLM2's 3 kv heads on 2 threads: 2 and 3
+        parts ran 0-35% slower). A head's arithmetic is the same in any part: the same bits."""
+        nt = self._threads()
+        if not parallel or group == 1 or n_items >= nt:
+            return 1
+        return min(group, -(-nt // n_items))
+
     @pinned
     def attention(self, q, k, v, q_pos, *, scale: float, window: int = 0, sinks=None, kv_pos=None,
                   softcap: float = 0.0, spans=None):
@@ -767,8 +790,9 @@ class NumbaOps(NumpyOps):
             abuf = np.empty((n_tok, n_head, n_chunks, d_v), np.float32)
         else:  # unused (the kernel writes them only with n_chunks > 1)
             mbuf, lbuf, abuf = _NO_SPLIT
+        n_split = self._head_split(n_tok * n_head_kv * n_chunks, n_head // n_head_kv, parallel)
         _attention_kernel(p16, has_sinks, bool(softcap))(q, k, v, qp, kp, lo, hi, np.float32(scale), np.int64(window or 0), sk,
-                                                          n_chunks, out, mbuf, lbuf, abuf, np.float32(softcap or 0.0))
+                                                          n_chunks, n_split, out, mbuf, lbuf, abuf, np.float32(softcap or 0.0))
         if n_chunks > 1:
             _attn_combine(mbuf, lbuf, abuf, sk, has_sinks, out)
         return out
