@@ -237,9 +237,9 @@ class KVCache:
     """Keys and values of every layer, for positions 0..n_ctx-1, on each layer's backend.
 
     k[l], v[l]: (n_ctx, n_head_kv, head_dim) backend arrays (`backend.new_kv`: f16 in llama.cpp mode,
-    as llama.cpp's default cache type, on the devices and on the CPU, kernels/numba_cpu/half.py). `n_past` counts the positions filled; a forward pass writes its tokens at
-    n_past.. (`store`, through `backend.kv_store`, at the positions the pass gives) and then
-    advances it.
+    llama.cpp's default cache type, on the devices and on the CPU, kernels/numba_cpu/half.py). `n_past`
+    counts the positions filled; a forward pass writes its tokens at n_past.. (`store`, through
+    `backend.kv_store`, at the positions the pass gives) and then advances it.
     """
 
     pool: KVPool | None = None  # the pooled cache this one is a region of (batched serving), if any

@@ -134,3 +134,8 @@ def kernel_view(a) -> np.ndarray:
     if a.dtype == np.float16:
         return np.ascontiguousarray(a).view(np.uint16)
     return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def writable_view(cache) -> np.ndarray:
+    """A cache array as the kernel that writes it takes it, the same memory: an f16 one as its bits."""
+    return cache.view(np.uint16) if cache.dtype == np.float16 else cache

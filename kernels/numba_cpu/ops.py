@@ -40,7 +40,7 @@ from . import pool
 from .activations import f16_rounded, to_f16
 from .rows_common import as_f32, prefetch
 from .compute_thread import pinned
-from .half import kernel_view, kv_put, kv_value
+from .half import kernel_view, kv_put, kv_value, writable_view
 from .thin_drivers import thin
 from ..ops_numpy import (
     GELU_F16_TABLE,
@@ -495,9 +495,12 @@ def _attn_item_of(variant, it, q, k, v, q_pos, kv_pos, lo, hi, scale, window, si
     item = _ATTN_ITEMS.get(key)
     if item is None:
         item = _ATTN_ITEMS.setdefault(key, _make_attention(bool(key & 4), bool(key & 2), bool(key & 1)))
-    return lambda variant, it, q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, n_chunks, n_split, out, mbuf, lbuf, \
-        abuf, softcap: item(it, q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, n_chunks, n_split, out, mbuf, lbuf,
-                            abuf, softcap)
+    def call(variant, it, q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, n_chunks, n_split, out, mbuf, lbuf,
+             abuf, softcap):
+        return item(it, q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, n_chunks, n_split, out, mbuf, lbuf, abuf,
+                    softcap)
+
+    return call
 
 
 def _make_attn_par(VARIANT: int):
@@ -598,11 +601,6 @@ def _rope_consts(p: RopeParams) -> tuple:
     return c
 
 
-def _writable(cache) -> np.ndarray:
-    """A cache array as the kernel that writes it takes it (the same memory): an f16 one as its bits."""
-    return cache.view(np.uint16) if cache.dtype == np.float16 else cache
-
-
 class NumbaOps(NumpyOps):
     """NumpyOps with Numba kernels for the ops a forward pass spends its time in."""
 
@@ -692,7 +690,7 @@ class NumbaOps(NumpyOps):
             raise ValueError(f"kv_store: positions {start}..{end - 1} outside a cache of {cache_k.shape[0]} rows")
         qo = np.empty_like(q)
         _rope_store_ser(q, k, v, pos, *_rope_consts(p), ONE if q_scale is None else np.float32(q_scale),
-                        self.half_attention, qo, _writable(cache_k), _writable(cache_v), start)
+                        self.half_attention, qo, writable_view(cache_k), writable_view(cache_v), start)
         return qo, cache_k[:end], cache_v[:end]
 
     def softmax(self, x):
@@ -791,8 +789,9 @@ class NumbaOps(NumpyOps):
         else:  # unused (the kernel writes them only with n_chunks > 1)
             mbuf, lbuf, abuf = _NO_SPLIT
         n_split = self._head_split(n_tok * n_head_kv * n_chunks, n_head // n_head_kv, parallel)
-        _attention_kernel(p16, has_sinks, bool(softcap))(q, k, v, qp, kp, lo, hi, np.float32(scale), np.int64(window or 0), sk,
-                                                          n_chunks, n_split, out, mbuf, lbuf, abuf, np.float32(softcap or 0.0))
+        kernel = _attention_kernel(p16, has_sinks, bool(softcap))
+        kernel(q, k, v, qp, kp, lo, hi, np.float32(scale), np.int64(window or 0), sk, n_chunks, n_split, out, mbuf, lbuf,
+               abuf, np.float32(softcap or 0.0))
         if n_chunks > 1:
             _attn_combine(mbuf, lbuf, abuf, sk, has_sinks, out)
         return out
