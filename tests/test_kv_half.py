@@ -16,34 +16,19 @@ from kernels.numba_cpu.int_intrinsics import HOST_F16C  # noqa: E402
 ALL_BITS = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
 
 
-@numba.njit
-def _bits_f16c(x, out):
-    for i in range(x.shape[0]):
-        out[i] = half._f16c_bits(x[i])
+def _each(fn):
+    """A jitted loop writing fn(x[i]) into out[i]."""
+    @numba.njit
+    def run(x, out):
+        for i in range(x.shape[0]):
+            out[i] = fn(x[i])
+
+    return run
 
 
-@numba.njit
-def _bits_hand(x, out):
-    for i in range(x.shape[0]):
-        out[i] = half.f16_bits_by_hand(x[i])
-
-
-@numba.njit
-def _value_f16c(h, out):
-    for i in range(h.shape[0]):
-        out[i] = half._f16c_value(h[i])
-
-
-@numba.njit
-def _value_hand(h, out):
-    for i in range(h.shape[0]):
-        out[i] = half.f16_value_by_hand(h[i])
-
-
-@numba.njit
-def _kv_value_of(a, out):
-    for i in range(a.shape[0]):
-        out[i] = half.kv_value(a[i])
+_bits_f16c, _bits_hand = _each(half._f16c_bits), _each(half.f16_bits_by_hand)
+_value_f16c, _value_hand = _each(half._f16c_value), _each(half.f16_value_by_hand)
+_kv_value_of = _each(half.kv_value)
 
 
 CONVERSIONS = [pytest.param(_bits_hand, _value_hand, id="integer-fallback"),

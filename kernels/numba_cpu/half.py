@@ -30,40 +30,24 @@ from .rows_common import as_f32, f16_bits_to_f32
 _I16 = ir.IntType(16)
 
 
-@intrinsic
-def _f16c_bits(typingctx, v):
-    """float32 -> the bits of the nearest f16 (`vcvtps2ph`). Only where HOST_F16C (see f16_round)."""
-    if v != types.float32:
-        raise errors.TypingError(f"_f16c_bits takes a float32, not {v}")
+def _one_conversion(name: str, arg, res, emit):
+    """An intrinsic `name`(x: arg) -> res whose code is `emit(builder, x)` (a cast or two)."""
+    def typer(typingctx, x):
+        if x != arg:
+            raise errors.TypingError(f"{name} takes a {arg}, not {x}")
+        return res(arg), lambda context, builder, sig, args: emit(builder, args[0])
 
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), _I16)
-
-    return types.uint16(types.float32), codegen
-
-
-@intrinsic
-def _f16c_value(typingctx, h):
-    """f16 bits -> float32 (`vcvtph2ps`). Only where HOST_F16C."""
-    if h != types.uint16:
-        raise errors.TypingError(f"_f16c_value takes a uint16, not {h}")
-
-    def codegen(context, builder, sig, args):
-        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
-
-    return types.float32(types.uint16), codegen
+    typer.__name__ = typer.__qualname__ = name
+    return intrinsic(typer)
 
 
-@intrinsic
-def _bits_of(typingctx, v):
-    """A float32's 32 bits as a uint32."""
-    if v != types.float32:
-        raise errors.TypingError(f"_bits_of takes a float32, not {v}")
-
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], ir.IntType(32))
-
-    return types.uint32(types.float32), codegen
+# float32 -> the bits of the nearest f16 (`vcvtps2ph`), and f16 bits -> float32 (`vcvtph2ps`): only where
+# HOST_F16C (elsewhere LLVM would call a runtime helper the JIT may not link; see int_intrinsics.f16_round)
+_f16c_bits = _one_conversion("_f16c_bits", types.float32, types.uint16,
+                             lambda b, x: b.bitcast(b.fptrunc(x, ir.HalfType()), _I16))
+_f16c_value = _one_conversion("_f16c_value", types.uint16, types.float32,
+                              lambda b, x: b.fpext(b.bitcast(x, ir.HalfType()), ir.FloatType()))
+_bits_of = _one_conversion("_bits_of", types.float32, types.uint32, lambda b, x: b.bitcast(x, ir.IntType(32)))
 
 
 @njit(inline="always")
