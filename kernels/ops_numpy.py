@@ -229,7 +229,7 @@ class NumpyOps:
         end = start + len(pos)
         if len(pos) > 1 and not np.array_equal(pos, np.arange(start, end)):
             raise ValueError("kv_store: the CPU cache takes consecutive positions")
-        cache[start:end] = self.round_kv(np.asarray(x, F32))
+        cache[start:end] = self._as_stored(cache, x)
         return cache[:end]
 
     # attention(..., spans=) takes the sequences of a batch in one pooled cache (engine/batching.py)
@@ -238,7 +238,14 @@ class NumpyOps:
     def kv_scatter(self, cache: np.ndarray, x, rows) -> None:
         """Write x (n_tok, n_head_kv, d) at cache rows `rows` (any), rounded as kv_store rounds: the
         tokens of several sequences of one batch into their regions of a pooled cache."""
-        cache[np.asarray(rows).reshape(-1)] = self.round_kv(np.asarray(x, F32))
+        cache[np.asarray(rows).reshape(-1)] = self._as_stored(cache, x)
+
+    def _as_stored(self, cache: np.ndarray, x) -> np.ndarray:
+        """x as a write into `cache` needs it: an f16 cache (the Numba backend's) rounds by itself as it
+        stores (NumPy's cast: to nearest even, as F16C; tests/test_kv_half.py), a float32 one takes
+        `round_kv`'s values."""
+        x = np.asarray(x, F32)
+        return x if cache.dtype == np.float16 else self.round_kv(x)
 
     def moe_route(self, logits, n_used: int, gating: str = "softmax", norm: bool = True):
         """Choose `n_used` experts per token: (ids int32 (n_tok, k), weights f32 (n_tok, k)).

@@ -27,7 +27,7 @@ def _each(fn):
 
 
 _bits_f16c, _bits_hand = _each(half._f16c_bits), _each(half.f16_bits_by_hand)
-_value_f16c, _value_hand = _each(half._f16c_value), _each(half.f16_value_by_hand)
+_value_f16c, _value_hand = _each(half._f16c_value), _each(half.f16_bits_to_f32)
 _kv_value_of = _each(half.kv_value)
 
 

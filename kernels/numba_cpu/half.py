@@ -70,13 +70,8 @@ def f16_bits_by_hand(v):
     return np.uint16(sign | h)
 
 
-@njit(inline="always")
-def f16_value_by_hand(h):
-    return f16_bits_to_f32(h)
-
-
 f16_bits = _f16c_bits if HOST_F16C else f16_bits_by_hand
-f16_value = _f16c_value if HOST_F16C else f16_value_by_hand
+f16_value = _f16c_value if HOST_F16C else f16_bits_to_f32  # (rows_common's, for F16/BF16 weights too)
 
 
 def kv_value(x):  # pragma: no cover - overloaded below
