@@ -142,6 +142,15 @@ class _Candidates:
             self.p = self.p[idx]
 
 
+def expf(x: np.ndarray) -> np.ndarray:
+    """float32 exp as C's expf, as llama.cpp's samplers compute it (NumPy's float32 exp differs by an
+    ulp in ~40% of arguments; kernels/numba_cpu/sample_chain.py). Imported on first use: the Numba
+    backend's package is not needed to import this module."""
+    from kernels.numba_cpu.sample_chain import expf as c_expf
+
+    return c_expf(x)
+
+
 def _seq_sum_f32(x: np.ndarray) -> np.float32:
     """A C `float` accumulated in order (np.sum would use pairwise summation)."""
     return np.cumsum(x, dtype=np.float32)[-1] if len(x) else np.float32(0.0)
@@ -174,7 +183,7 @@ def _softmax(c: _Candidates, do_sort: bool) -> None:
         _sort(c)
     max_l = c.logits[0] if c.sorted else c.logits.max()
     with np.errstate(invalid="ignore", over="ignore"):
-        p = np.exp(c.logits - max_l, dtype=np.float32)
+        p = expf(c.logits - max_l)
     c.p = p / _seq_sum_f32(p)
 
 
@@ -345,20 +354,20 @@ def _apply_xtc(c: _Candidates, rng: _MT19937, probability: float, threshold: flo
         c.take(slice(pos_last, None))
 
 
-def _apply_dist(c: _Candidates, rng: _MT19937) -> int:
-    """llama_sampler_dist_apply: softmax, one uniform double, first cumulative sum >= target."""
-    if len(c) == 1:
-        rng.uniform_double()  # llama.cpp draws once anyway (keeps the RNG aligned with backend sampling)
+def _apply_dist(c: _Candidates, rng: _MT19937, rnd: float | None = None) -> int:
+    """llama_sampler_dist_apply: softmax, one uniform double (`rnd` if the caller drew it already),
+    first cumulative sum >= target; the probabilities divided by the double sum, as there."""
+    rnd = rng.uniform_double() if rnd is None else rnd
+    if len(c) == 1:  # (llama.cpp draws once anyway: keeps the RNG aligned with backend sampling)
         c.p = np.ones(1, dtype=np.float32)
         return 0
     max_l = c.logits[0] if c.sorted else c.logits.max()
     with np.errstate(invalid="ignore", over="ignore"):
-        p = np.exp(c.logits - max_l, dtype=np.float32)
+        p = expf(c.logits - max_l)
     run = np.cumsum(p, dtype=np.float64)
     sum_cum = float(run[-1])
-    rnd = rng.uniform_double()
     sel = int(np.searchsorted(run, sum_cum * rnd, side="left"))
-    c.p = (p / sum_cum).astype(np.float32)
+    c.p = (p.astype(np.float64) / sum_cum).astype(np.float32)
     return min(sel, len(c) - 1)
 
 
@@ -542,6 +551,7 @@ class Sampler:
         # top k taken straight from the logits (a one-pass selection, no copy of the vocabulary)
         lead = self.order.index("top_k") if "top_k" in self.order and p.top_k > 0 and p.mirostat == 0 else None
         self._lead = lead if lead is not None and all(self._inert(s) for s in self.order[:lead]) else None
+        self._steps = self._compiled_steps()  # the chain after top_k as one compiled call, where it can be
         self.candidates: tuple[np.ndarray, np.ndarray] | None = None  # (ids, probs) after the last sample
 
     def reset(self) -> None:
@@ -567,6 +577,53 @@ class Sampler:
             return p.top_n_sigma <= 0.0
         return False
 
+    def _compiled_steps(self) -> tuple | None:
+        """The samplers after a leading top_k as `top_k_chain`'s step codes and values, where each is
+        one it knows (top-k, top-p, min-p, plain temperature) or does nothing with these parameters
+        (typical-p 1, XTC off, ...); None otherwise, and the chain runs here in NumPy."""
+        p = self.params
+        if self._lead is None or p.logit_bias:
+            return None
+        from kernels.numba_cpu import sample_chain as sc
+
+        codes, values = [], []
+        for name in self.order[self._lead + 1:]:
+            if name == "top_k":
+                codes.append(sc.TOP_K), values.append(float(p.top_k))
+            elif name == "top_p":
+                if p.top_p < 1.0:
+                    codes.append(sc.TOP_P), values.append(float(p.top_p))
+            elif name == "min_p":
+                if p.min_p > 0.0:
+                    codes.append(sc.MIN_P), values.append(math.log(p.min_p))  # as _apply_min_p's log_p
+            elif name == "temperature":
+                if p.dynatemp_range > 0:
+                    return None
+                codes.append(sc.TEMPERATURE), values.append(float(p.temperature))
+            elif name == "typ_p":
+                if p.typical_p < 1.0:
+                    return None
+            elif name == "xtc":
+                if p.xtc_probability > 0.0 and p.xtc_threshold <= 0.5:
+                    return None
+            elif not self._inert(name):
+                return None
+        return sc.top_k_chain, np.array(codes, np.int64), np.array(values, np.float64)
+
+    def _compiled_chain(self, logits: np.ndarray) -> tuple[int, float]:
+        """The whole chain in one compiled call (kernels/numba_cpu/sample_chain.py): (token, -1.0), or
+        (-1, the uniform drawn) where it leaves the logits to the NumPy path (a NaN...), which then
+        uses that draw rather than drawing again."""
+        run, codes, values = self._steps
+        k = min(self.params.top_k, len(logits))
+        ids, p = np.empty(k, np.int64), np.empty(k, np.float32)
+        rnd = self._rng.uniform_double()
+        n, sel = run(logits, k, codes, values, self.params.min_keep, rnd, ids, p)
+        if n < 0:
+            return -1, rnd
+        self.candidates = (ids[:n], p[:n])
+        return int(ids[sel]), -1.0
+
     def _top_k_first(self, logits: np.ndarray) -> _Candidates | None:
         """The candidates after top_k when nothing before it acts (see __init__): the same ids, logits
         and order as the general path, from one pass over the logits."""
@@ -581,11 +638,17 @@ class Sampler:
         p = self.params
         hist = self._prev if history is None else history
         logits = np.asarray(logits, dtype=np.float32).reshape(-1)
+        rnd = None
+        if self._steps is not None and self.constraint is None and len(logits):
+            tok, drawn = self._compiled_chain(logits)
+            if tok >= 0:
+                return tok
+            rnd = drawn
         c = self._top_k_first(logits) if len(logits) else None
         if c is not None:
             for name in self.order[self._lead + 1:]:
                 self._apply(name, c, hist)
-            sel = _apply_dist(c, self._rng)
+            sel = _apply_dist(c, self._rng, rnd)
             self.candidates = (c.ids, c.p)
             return int(c.ids[sel])
         c = _Candidates(np.arange(len(logits), dtype=np.int64), logits.copy())
@@ -596,7 +659,7 @@ class Sampler:
         if p.mirostat == 0:
             for name in self.order:
                 self._apply(name, c, hist)
-            sel = _apply_dist(c, self._rng)
+            sel = _apply_dist(c, self._rng, rnd)
         else:
             _temp_impl(c, p.temperature)
             sel = self._mirostat(c, len(logits))

@@ -449,15 +449,16 @@ def test_top_p_on_a_large_vocabulary_takes_the_top_256_shortcut_correctly():
     assert n < 256 and c.ids.tolist() == order[:n].tolist() and c.sorted
 
 
-@pytest.mark.parametrize("kind", ["gauss", "ties", "masked", "nan", "small"])
-def test_top_k_first_path_is_the_general_path(kind):
+@pytest.mark.parametrize("kind", ["gauss", "ties", "masked", "nan", "small", "big", "allinf"])
+def test_top_k_first_paths_are_the_general_path(kind):
     """When nothing before top_k acts, the chain starts from a one-pass top-k selection on the logits
-    (no copy of the vocabulary): the same candidates, probabilities and draws as the general path,
-    ties at the cut going to the lower ids, -inf entries kept in id order, NaNs left to the general
-    path."""
+    (no copy of the vocabulary), and where the rest is top-k, top-p, min-p and temperature it runs as
+    one compiled call (kernels/numba_cpu/sample_chain.py): the same candidates, probabilities, draws
+    and generator state as the general path, ties at the cut going to the lower ids, -inf entries kept
+    in id order, NaNs and an all -inf vocabulary left to the NumPy path (with the draw already taken)."""
     r = np.random.default_rng(11)
-    n = 20 if kind == "small" else 5000
-    for trial in range(20):
+    n = {"small": 20, "big": 49_152}.get(kind, 5000)
+    for trial in range(8 if kind == "big" else 20):
         x = (r.standard_normal(n) * 3).astype(np.float32)
         if kind == "ties":
             x = np.round(x).astype(np.float32)            # hundreds of equal values around the cut
@@ -465,18 +466,51 @@ def test_top_k_first_path_is_the_general_path(kind):
             x[r.random(n) < 0.995] = -np.inf               # fewer finite values than top_k
         elif kind == "nan":
             x[r.integers(0, n, 3)] = np.nan
+        elif kind == "allinf":
+            x[:] = -np.inf
         for params in (SamplerParams(seed=trial), SamplerParams(seed=trial, top_k=300, top_p=1.0, min_p=0.0),
-                       SamplerParams(seed=trial, top_k=n + 5, temperature=1.5)):
-            fast, slow = Sampler(params), Sampler(params)
-            assert fast._lead is not None
-            slow._lead = None
+                       SamplerParams(seed=trial, top_k=n + 5, temperature=1.5),
+                       SamplerParams(seed=trial, top_k=60, top_p=0.7, min_p=0.2, min_keep=5, temperature=0.0),
+                       SamplerParams(seed=trial, top_k=50, samplers="kmptk", top_p=0.9, min_p=0.01, temperature=0.6),
+                       SamplerParams(seed=trial, top_k=50, samplers="ktpm", top_p=0.6, temperature=2.0, min_keep=2)):
+            compiled, numpy_first, general = Sampler(params), Sampler(params), Sampler(params)
+            assert compiled._lead is not None and compiled._steps is not None
+            numpy_first._steps = None
+            general._lead = general._steps = None
             for _ in range(3):
-                a, b = fast.sample(x), slow.sample(x)
-                assert a == b
-                np.testing.assert_array_equal(fast.candidates[0], slow.candidates[0])
-                np.testing.assert_array_equal(fast.candidates[1], slow.candidates[1])
-    # a sampler before top_k that acts (repeat penalty) takes the general path
+                a, b, c = compiled.sample(x), numpy_first.sample(x), general.sample(x)
+                assert a == b == c
+                for s in (numpy_first, general):
+                    np.testing.assert_array_equal(compiled.candidates[0], s.candidates[0])
+                    assert compiled.candidates[1].view(np.uint32).tolist() == s.candidates[1].view(np.uint32).tolist()
+            assert compiled._rng.u32() == general._rng.u32()
+    # a sampler before top_k that acts (repeat penalty) takes the general path; after it, one the
+    # compiled chain does not know (active typical-p, XTC, dynamic temperature) takes the NumPy one
     assert Sampler(SamplerParams(repeat_penalty=1.1))._lead is None
+    for p in (SamplerParams(typical_p=0.9), SamplerParams(xtc_probability=0.5), SamplerParams(dynatemp_range=0.5),
+              SamplerParams(logit_bias={3: 1.0})):
+        assert Sampler(p)._steps is None
+    assert Sampler(SamplerParams(typical_p=1.0, xtc_probability=0.0))._steps is not None
+
+
+def test_expf_is_the_c_librarys():
+    """sample_chain.expf against libm's expf over a sweep of float32 arguments (every 97th from -104 to
+    0, NumPy's float32 exp differs on ~40% of them), plus the edges."""
+    import ctypes
+
+    from kernels.numba_cpu.sample_chain import expf
+
+    libm = ctypes.CDLL("libm.so.6")
+    libm.expf.restype, libm.expf.argtypes = ctypes.c_float, [ctypes.c_float]
+    x = np.arange(np.float32(-0.0).view(np.uint32), np.float32(-104).view(np.uint32), 97 * 4099,
+                  dtype=np.uint32).view(np.float32)
+    x = np.concatenate([x, np.array([0.0, -np.inf, np.nan, 88.7, 89.0, -87.3, -103.9], np.float32)])
+    want = np.array([libm.expf(float(v)) for v in x], np.float32)
+    got = expf(x)
+    assert got.dtype == np.float32 and got.shape == x.shape
+    assert got.view(np.uint32).tolist() == want.view(np.uint32).tolist()
+    with np.errstate(over="ignore"):
+        assert (np.exp(x) != want).mean() > 0.1  # what it replaces (a NumPy that matches would make this moot)
 
 
 @pytest.mark.parametrize("n", [49_152, 49_153, 151_936, 262_144])

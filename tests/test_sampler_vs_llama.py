@@ -170,3 +170,52 @@ def test_dry_changes_the_draws():
     c = _Candidates(np.arange(16), np.zeros(16, np.float32))
     s._dry.apply(c, hist)
     assert c.logits[8] < 0 and (np.delete(c.logits, 8) == 0).all()
+
+
+def _draw_with_candidates(l, chain, logits: np.ndarray):
+    """llama.cpp's chain on `logits`: (token, ids left, their probabilities)."""
+    n = len(logits)
+    rec = np.zeros(n, dtype=[("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+    rec["id"], rec["logit"] = np.arange(n), logits
+    data = (l.llama_token_data * n).from_buffer(rec)
+    arr = l.llama_token_data_array(data=data, size=n, selected=-1, sorted=False)
+    l.llama_sampler_apply(chain, ctypes.byref(arr))
+    left = np.ctypeslib.as_array(ctypes.cast(arr.data, ctypes.POINTER(ctypes.c_uint8)), (arr.size * 12,))
+    left = left.view(rec.dtype)
+    tok = int(left["id"][arr.selected])
+    l.llama_sampler_accept(chain, tok)
+    return tok, left["id"].astype(np.int64), left["p"].copy()
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(top_k=100, top_p=0.8, min_p=0.02, temperature=1.3, min_keep=3),
+                                dict(top_k=40, top_p=0.5, min_p=0.1, temperature=0.0),
+                                dict(top_k=64, top_p=1.0, min_p=0.0)])
+@pytest.mark.parametrize("compiled", [True, False])
+def test_the_usual_chain_gives_llama_cpps_candidates_and_probabilities(llama_cpp, kw, compiled):
+    """top-k, top-p, min-p, temperature and the draw (the defaults most requests use) on a 49k vocabulary:
+    the same token, the same candidates left and their probabilities bit for bit, through the compiled
+    chain (kernels/numba_cpu/sample_chain.py) and through the NumPy one. Both compute exp as C's expf
+    and divide the probabilities by the draw's double sum, as llama.cpp does."""
+    l = llama_cpp
+    p = SamplerParams(**{**dict(top_k=40, top_p=0.95, min_p=0.05, temperature=0.8, seed=SEED), **kw})
+    chain = l.llama_sampler_chain_init(l.llama_sampler_chain_default_params())
+    for s in (l.llama_sampler_init_top_k(p.top_k), l.llama_sampler_init_top_p(p.top_p, p.min_keep),
+              l.llama_sampler_init_min_p(p.min_p, p.min_keep), l.llama_sampler_init_temp(p.temperature),
+              l.llama_sampler_init_dist(SEED)):
+        l.llama_sampler_chain_add(chain, s)
+    ours = Sampler(p)
+    assert (ours._steps is not None) and ours._lead is not None
+    if not compiled:
+        ours._steps = None
+    rng = np.random.default_rng(3)
+    try:
+        for i in range(40):
+            logits = (rng.standard_normal(49_152) * (2.0 + i % 4)).astype(np.float32)
+            want, ids, probs = _draw_with_candidates(l, chain, logits)
+            got = ours.sample(logits)
+            ours.accept(got)
+            assert got == want, i
+            np.testing.assert_array_equal(ours.candidates[0], ids)
+            assert ours.candidates[1].view(np.uint32).tolist() == probs.view(np.uint32).tolist(), i
+    finally:
+        l.llama_sampler_free(chain)

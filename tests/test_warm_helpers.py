@@ -111,20 +111,21 @@ DELEGATE = textwrap.dedent("""
     assert np.array_equal(products.get_rows(w, ids, 2), NumpyBackend().get_rows(w, ids))
     fn = products.drivers(GGMLType.Q8_0)._fns["dequant"].fn
     print("rows hits", sum(fn.stats.cache_hits.values()), "misses", sum(fn.stats.cache_misses.values()))
-    top = select.top_k_desc(np.array([0.5, 2.0, -1.0, 2.0], np.float32), 2)
-    assert list(top) == [1, 3], top
-    print("top_k hits", sum(select._top_k.stats.cache_hits.values()), "misses", sum(select._top_k.stats.cache_misses.values()))
+    from engine.sampler import Sampler, SamplerParams
+    from kernels.numba_cpu import sample_chain
+
+    assert Sampler(SamplerParams(seed=1)).sample(np.array([0.5, 2.0, -1.0, 9.0], np.float32)) == 3
     top = select.top_k_desc(np.arange(select.GROUP * 200, dtype=np.float32), 2)
     assert list(top) == [select.GROUP * 200 - 1, select.GROUP * 200 - 2], top
-    fn = select._top_k_groups
-    print("groups hits", sum(fn.stats.cache_hits.values()), "misses", sum(fn.stats.cache_misses.values()))
+    for name, fn in (("chain", sample_chain.top_k_chain), ("top_k", select.top_k_into)):
+        print(name, "hits", sum(fn.stats.cache_hits.values()), "misses", sum(fn.stats.cache_misses.values()))
 """)
 
 
 def test_op_helper_compiles_what_it_is_handed(tmp_path):
-    """`warm.delegate`: the op helper compiles the row lookup and the sampler's top-k it is handed after its
+    """`warm.delegate`: the op helper compiles the row lookup and the sampler's compiled chain it is handed after its
     op kernels, and this process loads both from the cache (a hit, no compile here)."""
     lines = run_script(DELEGATE, tmp_path)
     assert "rows hits 1 misses 0" in lines, lines
+    assert "chain hits 1 misses 0" in lines, lines
     assert "top_k hits 1 misses 0" in lines, lines
-    assert "groups hits 1 misses 0" in lines, lines

@@ -192,14 +192,17 @@ def _product(backend, qt: int, n_tok: int) -> None:
 
 
 def _compile_spec(backend, spec: str) -> None:
-    """One delegated compile: "type:tokens" (a product driver), "rows:type" (its row lookup), "top_k"."""
+    """One delegated compile: "type:tokens" (a product driver), "rows:type" (its row lookup), "top_k" (the
+    sampler's top-k and chain, kernels/numba_cpu/sample_chain.py)."""
     import numpy as np
 
-    if spec == "top_k":
-        from kernels.numba_cpu.select import GROUP, top_k_desc
+    if spec == "top_k":  # the sampler's compiled parts (one signature each)
+        from kernels.numba_cpu import sample_chain
 
-        top_k_desc(np.zeros(64, np.float32), 40)               # a small vocabulary: one pass
-        top_k_desc(np.zeros(GROUP * 200, np.float32), 40)      # a big one: narrowed by group maxima
+        x = np.zeros(64, np.float32)
+        sample_chain.expf(x)
+        sample_chain.top_k_chain(x, 40, np.zeros(1, np.int64), np.ones(1), 0, 0.5, np.empty(40, np.int64),
+                                 np.empty(40, np.float32))
     elif spec.startswith("rows:"):
         from quant import QTensor, quant_type
 
