@@ -10,7 +10,9 @@ beside direct calls, a library user's own threads: each would have halved every 
 
 So every forward pass (models/common.py `DecoderModel.forward`) runs on one process-wide thread,
 "numba-compute": `run(fn, ...)` hands the call over and waits for it (~20-60 us a pass, against a
-decode token's ~8 ms), or calls it directly when already on that thread. The backend operations that
+decode token's ~8 ms), or calls it directly when already on that thread. The answer comes back through
+a SimpleQueue, C code end to end: a Future's Python (its condition, its state) ran cold after every
+pass, when a forward pass has left the caches holding weights (~30 us more a token). The backend operations that
 start parallel kernels (products, attention, the activations) are `pinned` too, for callers of the
 backend itself (tests, tools): from the compute thread they run directly, from any other they are
 handed over. Exceptions come back to the caller as they were raised.
@@ -21,7 +23,6 @@ from __future__ import annotations
 import functools
 import queue
 import threading
-from concurrent.futures import Future
 
 _lock = threading.Lock()
 _thread: threading.Thread | None = None
@@ -33,14 +34,12 @@ def _loop() -> None:
     global _ident
     _ident = threading.get_ident()
     while True:
-        fn, args, kwargs, fut = _work.get()
-        if not fut.set_running_or_notify_cancel():
-            continue
+        fn, args, kwargs, reply = _work.get()
         try:
-            fut.set_result(fn(*args, **kwargs))
+            reply.put((True, fn(*args, **kwargs)))
         except BaseException as e:  # noqa: BLE001 - handed back to the caller, whatever it is
-            fut.set_exception(e)
-        del fn, args, kwargs, fut
+            reply.put((False, e))
+        del fn, args, kwargs, reply
 
 
 def _start() -> threading.Thread:
@@ -59,9 +58,15 @@ def run(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     if t is None or not t.is_alive():
         _start()
-    fut: Future = Future()
-    _work.put((fn, args, kwargs, fut))
-    return fut.result()
+    reply: "queue.SimpleQueue[tuple]" = queue.SimpleQueue()
+    _work.put((fn, args, kwargs, reply))
+    ok, value = reply.get()
+    if ok:
+        return value
+    try:
+        raise value
+    finally:
+        del value  # (no reference cycle through the traceback)
 
 
 def current() -> bool:
