@@ -151,6 +151,9 @@ def expf(x: np.ndarray) -> np.ndarray:
     return c_expf(x)
 
 
+_NO_TOKENS = np.zeros(0, np.int64)
+
+
 def _seq_sum_f32(x: np.ndarray) -> np.float32:
     """A C `float` accumulated in order (np.sum would use pairwise summation)."""
     return np.cumsum(x, dtype=np.float32)[-1] if len(x) else np.float32(0.0)
@@ -551,7 +554,7 @@ class Sampler:
         # top k taken straight from the logits (a one-pass selection, no copy of the vocabulary)
         lead = self.order.index("top_k") if "top_k" in self.order and p.top_k > 0 and p.mirostat == 0 else None
         self._lead = lead if lead is not None and all(self._inert(s) for s in self.order[:lead]) else None
-        self._steps = self._compiled_steps()  # the chain after top_k as one compiled call, where it can be
+        self._steps = self._compiled_steps()  # the chain as one compiled call, where it can be
         self.candidates: tuple[np.ndarray, np.ndarray] | None = None  # (ids, probs) after the last sample
 
     def reset(self) -> None:
@@ -578,16 +581,23 @@ class Sampler:
         return False
 
     def _compiled_steps(self) -> tuple | None:
-        """The samplers after a leading top_k as `top_k_chain`'s step codes and values, where each is
-        one it knows (top-k, top-p, min-p, plain temperature) or does nothing with these parameters
-        (typical-p 1, XTC off, ...); None otherwise, and the chain runs here in NumPy."""
+        """The chain as `top_k_chain` runs it: (the kernel, step codes and values of the samplers after
+        top_k, whether the penalties come first), where before top_k there are only the penalties and
+        samplers doing nothing with these parameters, and after it each sampler is one it knows (top-k,
+        top-p, min-p, plain temperature) or does nothing (typical-p 1, XTC off, ...); None otherwise,
+        and the chain runs here in NumPy."""
         p = self.params
-        if self._lead is None or p.logit_bias:
+        if "top_k" not in self.order or p.top_k <= 0 or p.mirostat != 0 or p.logit_bias:
+            return None
+        lead = self.order.index("top_k")
+        if not all(s == "penalties" or self._inert(s) for s in self.order[:lead]) or \
+                self.order[:lead].count("penalties") > 1:
             return None
         from kernels.numba_cpu import sample_chain as sc
 
+        penalize = not self._inert("penalties") and "penalties" in self.order[:lead]
         codes, values = [], []
-        for name in self.order[self._lead + 1:]:
+        for name in self.order[lead + 1:]:
             if name == "top_k":
                 codes.append(sc.TOP_K), values.append(float(p.top_k))
             elif name == "top_p":
@@ -608,17 +618,23 @@ class Sampler:
                     return None
             elif not self._inert(name):
                 return None
-        return sc.top_k_chain, np.array(codes, np.int64), np.array(values, np.float64)
+        return sc.top_k_chain, np.array(codes, np.int64), np.array(values, np.float64), penalize
 
-    def _compiled_chain(self, logits: np.ndarray) -> tuple[int, float]:
+    def _compiled_chain(self, logits: np.ndarray, hist: Sequence[int]) -> tuple[int, float]:
         """The whole chain in one compiled call (kernels/numba_cpu/sample_chain.py): (token, -1.0), or
         (-1, the uniform drawn) where it leaves the logits to the NumPy path (a NaN...), which then
         uses that draw rather than drawing again."""
-        run, codes, values = self._steps
-        k = min(self.params.top_k, len(logits))
+        run, codes, values, penalize = self._steps
+        pp = self.params
+        k = min(pp.top_k, len(logits))
         ids, p = np.empty(k, np.int64), np.empty(k, np.float32)
+        window = _NO_TOKENS
+        if penalize and hist:
+            n = pp.penalty_last_n
+            window = np.array(hist[-n:] if n > 0 else hist, np.int64)
+        penalties = np.array([pp.repeat_penalty, pp.frequency_penalty, pp.presence_penalty])
         rnd = self._rng.uniform_double()
-        n, sel = run(logits, k, codes, values, self.params.min_keep, rnd, ids, p)
+        n, sel = run(logits, k, codes, values, pp.min_keep, rnd, ids, p, window, penalties)
         if n < 0:
             return -1, rnd
         self.candidates = (ids[:n], p[:n])
@@ -637,10 +653,10 @@ class Sampler:
     def sample(self, logits: np.ndarray, history: Sequence[int] | None = None) -> int:
         p = self.params
         hist = self._prev if history is None else history
-        logits = np.asarray(logits, dtype=np.float32).reshape(-1)
+        logits = np.ascontiguousarray(logits, dtype=np.float32).reshape(-1)
         rnd = None
         if self._steps is not None and self.constraint is None and len(logits):
-            tok, drawn = self._compiled_chain(logits)
+            tok, drawn = self._compiled_chain(logits, hist)
             if tok >= 0:
                 return tok
             rnd = drawn

@@ -189,28 +189,33 @@ def _draw_with_candidates(l, chain, logits: np.ndarray):
 
 @pytest.mark.parametrize("kw", [dict(), dict(top_k=100, top_p=0.8, min_p=0.02, temperature=1.3, min_keep=3),
                                 dict(top_k=40, top_p=0.5, min_p=0.1, temperature=0.0),
-                                dict(top_k=64, top_p=1.0, min_p=0.0)])
+                                dict(top_k=64, top_p=1.0, min_p=0.0),
+                                dict(repeat_penalty=1.3, frequency_penalty=0.3, presence_penalty=0.2, penalty_last_n=16)])
 @pytest.mark.parametrize("compiled", [True, False])
 def test_the_usual_chain_gives_llama_cpps_candidates_and_probabilities(llama_cpp, kw, compiled):
-    """top-k, top-p, min-p, temperature and the draw (the defaults most requests use) on a 49k vocabulary:
+    """(penalties,) top-k, top-p, min-p, temperature and the draw (the defaults most requests use) on a 49k
+    vocabulary:
     the same token, the same candidates left and their probabilities bit for bit, through the compiled
     chain (kernels/numba_cpu/sample_chain.py) and through the NumPy one. Both compute exp as C's expf
     and divide the probabilities by the draw's double sum, as llama.cpp does."""
     l = llama_cpp
     p = SamplerParams(**{**dict(top_k=40, top_p=0.95, min_p=0.05, temperature=0.8, seed=SEED), **kw})
     chain = l.llama_sampler_chain_init(l.llama_sampler_chain_default_params())
-    for s in (l.llama_sampler_init_top_k(p.top_k), l.llama_sampler_init_top_p(p.top_p, p.min_keep),
+    for s in (l.llama_sampler_init_penalties(49_152, p.penalty_last_n, p.repeat_penalty, p.frequency_penalty,
+                                             p.presence_penalty),  # (this llama.cpp's signature: n_vocab first)
+              l.llama_sampler_init_top_k(p.top_k), l.llama_sampler_init_top_p(p.top_p, p.min_keep),
               l.llama_sampler_init_min_p(p.min_p, p.min_keep), l.llama_sampler_init_temp(p.temperature),
               l.llama_sampler_init_dist(SEED)):
         l.llama_sampler_chain_add(chain, s)
     ours = Sampler(p)
-    assert (ours._steps is not None) and ours._lead is not None
+    assert ours._steps is not None
     if not compiled:
         ours._steps = None
     rng = np.random.default_rng(3)
     try:
+        base = rng.standard_normal(49_152).astype(np.float32)  # the same favourites each draw: penalties bite
         for i in range(40):
-            logits = (rng.standard_normal(49_152) * (2.0 + i % 4)).astype(np.float32)
+            logits = ((base + 0.3 * rng.standard_normal(49_152)) * (2.0 + i % 4)).astype(np.float32)
             want, ids, probs = _draw_with_candidates(l, chain, logits)
             got = ours.sample(logits)
             ours.accept(got)

@@ -10,8 +10,9 @@ draws, with every number computed as engine/sampler.py computes it -- the same c
 probabilities and token (tests/test_sampler.py compares the two paths).
 
 Steps it knows (the samplers after top_k whose arithmetic on sorted candidates is short): top-k again,
-top-p, min-p and plain temperature. A chain with anything else, a NaN in the logits or a -inf best
-logit takes the Python path.
+top-p, min-p and plain temperature; before top_k, the repetition penalties (repeat, frequency, presence:
+Ollama's default repeat_penalty 1.1), applied to a copy of the logits. A chain with anything else, a
+NaN in the logits or a -inf best logit takes the Python path.
 
 expf: NumPy's float32 exp is a vectorized approximation that differs from C's expf by an ulp in about
 40% of arguments (measured over 200,000 in [-30, 0]); Numba's float32 exp calls the C library's expf,
@@ -57,14 +58,40 @@ def _softmax_sorted(lg, n, p):
 
 
 @njit(cache=True, nogil=True)
-def top_k_chain(logits, k, codes, values, min_keep, rnd, ids, p):
-    """The top k of `logits` (float32), then steps codes[i] with values[i] in order, then the draw.
+def _penalized(logits, window, penalties):
+    """_apply_penalties: a copy of the logits with each token of the window (int64, any order) penalized
+    once, by its count: divided by (positive) or multiplied by (not) the repeat penalty, then less
+    count * frequency + presence, in float as llama_sampler_penalties_apply."""
+    x = logits.copy()
+    r, fq, pr = np.float32(penalties[0]), np.float32(penalties[1]), np.float32(penalties[2])
+    w = np.sort(window)
+    i = 0
+    while i < w.shape[0]:
+        j = i
+        while j < w.shape[0] and w[j] == w[i]:
+            j += 1
+        t = w[i]
+        if 0 <= t < x.shape[0]:
+            v = x[t]
+            v = v * r if v <= 0 else v / r
+            x[t] = v - (np.float32(j - i) * fq + pr * np.float32(1.0))
+        i = j
+    return x
+
+
+@njit(cache=True, nogil=True)
+def top_k_chain(logits, k, codes, values, min_keep, rnd, ids, p, window, penalties):
+    """The top k of `logits` (float32), then steps codes[i] with values[i] in order, then the draw;
+    with a non-empty `window` (the penalty window's tokens), the penalties [repeat, frequency,
+    presence] first.
 
     ids (int64) and p (float32) of length k receive the candidates left and their probabilities (as
     the chain's `candidates`). Returns (count, selected index), or (-1, -1) where the Python path must
     run (a NaN logit, a best logit of -inf). Values: top-k its k, top-p its p, min-p log(p) (a double,
     rounded to float here as in _apply_min_p), temperature the temperature. rnd: the draw's uniform
     double, taken by the caller from the chain's generator."""
+    if window.shape[0] > 0:
+        logits = _penalized(logits, window, penalties)
     n = top_k_into(logits, k, ids)
     if n < 0:
         return -1, -1

@@ -202,7 +202,7 @@ def _compile_spec(backend, spec: str) -> None:
         x = np.zeros(64, np.float32)
         sample_chain.expf(x)
         sample_chain.top_k_chain(x, 40, np.zeros(1, np.int64), np.ones(1), 0, 0.5, np.empty(40, np.int64),
-                                 np.empty(40, np.float32))
+                                 np.empty(40, np.float32), np.ones(2, np.int64), np.ones(3))
     elif spec.startswith("rows:"):
         from quant import QTensor, quant_type
 
