@@ -147,13 +147,27 @@ class _Candidates:
             self.p = self.p[idx]
 
 
-def expf(x: np.ndarray) -> np.ndarray:
+def expf(x) -> np.ndarray:
     """float32 exp as C's expf, as llama.cpp's samplers compute it (NumPy's float32 exp differs by an
-    ulp in ~40% of arguments; kernels/numba_cpu/sample_chain.py). Imported on first use: the Numba
+    ulp on ~40% of arguments; kernels/numba_cpu/sample_chain.py). Imported on first use: the Numba
     backend's package is not needed to import this module."""
-    from kernels.numba_cpu.sample_chain import expf as c_expf
+    from kernels.numba_cpu import sample_chain
 
-    return c_expf(x)
+    return sample_chain.expf(x)
+
+
+def logf(x) -> np.ndarray:
+    """float32 log as C's logf (typical-p, dynamic temperature, mirostat v1)."""
+    from kernels.numba_cpu import sample_chain
+
+    return sample_chain.logf(x)
+
+
+def log2f(x) -> np.ndarray:
+    """float32 log2 as C's log2f (mirostat v2)."""
+    from kernels.numba_cpu import sample_chain
+
+    return sample_chain.log2f(x)
 
 
 _NO_TOKENS = np.zeros(0, np.int64)
@@ -286,7 +300,7 @@ def _apply_typical(c: _Candidates, p: float, min_keep: int) -> None:
         return
     _softmax(c, do_sort=True)
     with np.errstate(divide="ignore", invalid="ignore"):
-        logp = np.log(c.p)
+        logp = logf(c.p)
         # llama.cpp computes -p*log(p) for every candidate, which is NaN for p == 0 (a -inf logit):
         # here those contribute 0, as the entropy's definition has it
         terms = np.where(c.p > 0, -c.p * logp, np.float32(0.0)).astype(np.float32)
@@ -323,7 +337,7 @@ def _apply_temp_ext(c: _Candidates, temp: float, delta: float, exponent: float) 
     max_entropy = -math.log(1.0 / len(c))
     _softmax(c, do_sort=True)
     with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(c.p > 0, -c.p * np.log(c.p), np.float32(0.0)).astype(np.float32)
+        terms = np.where(c.p > 0, -c.p * logf(c.p), np.float32(0.0)).astype(np.float32)
     entropy = float(_seq_sum_f32(terms))
     dyn_temp = min_temp + (max_temp - min_temp) * (entropy / max_entropy) ** exponent
     _temp_impl(c, float(np.float32(dyn_temp)))
@@ -721,8 +735,8 @@ class Sampler:
             if p.mirostat == 1:
                 n = min(100 - 1, len(c) - 1)
                 i = np.arange(n, dtype=np.float32)
-                t = np.log((i + f(2)) / (i + f(1)), dtype=np.float32)
-                b = np.log(c.p[:n] / c.p[1:n + 1], dtype=np.float32)
+                t = logf((i + f(2)) / (i + f(1)))
+                b = logf(c.p[:n] / c.p[1:n + 1])
                 sum_ti_bi = _seq_sum_f32((t * b).astype(np.float32))
                 sum_ti_sq = _seq_sum_f32((t * t).astype(np.float32))
                 s_hat = f(sum_ti_bi / sum_ti_sq)
@@ -732,12 +746,12 @@ class Sampler:
                 # llama.cpp's std::max(int(k), 1) keeps one candidate there
                 _apply_top_k(c, max(int(k), 1) if np.isfinite(k) and abs(k) < 2.0 ** 31 else 1)
             else:
-                surprise = -np.log2(c.p, dtype=np.float32)
+                surprise = -log2f(c.p)
                 over = np.nonzero(surprise > self._mu)[0]
                 c.take(slice(0, max(int(over[0]) if len(over) else len(c), 1)))
             _softmax(c, do_sort=True)
             idx = _sample_discrete(c, self._rng)
-            e = f(-np.log2(c.p[idx], dtype=np.float32) - tau)
+            e = f(-log2f(c.p[idx:idx + 1])[0] - tau)
             self._mu = f(self._mu - f(eta * e))
         return idx
 

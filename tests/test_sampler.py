@@ -499,24 +499,36 @@ def test_top_k_first_paths_are_the_general_path(kind):
     assert Sampler(SamplerParams(typical_p=1.0, xtc_probability=0.0))._steps is not None
 
 
-def test_expf_is_the_c_librarys():
-    """sample_chain.expf against libm's expf over a sweep of float32 arguments (every 97th from -104 to
-    0, NumPy's float32 exp differs on ~40% of them), plus the edges."""
+@pytest.mark.parametrize("name", ["expf", "logf", "log2f"])
+def test_c_float_functions_are_the_c_librarys(name):
+    """sample_chain.expf/logf/log2f against libm's over uniform arguments ([-30, 0] for exp, (0, 1] for
+    the logs; NumPy's float32 versions differ from libm's on 14-40% of them), a sweep of float32 bit
+    patterns (every 397,603rd of the negatives down to -104, of (0, 1]) and the edges."""
     import ctypes
 
-    from kernels.numba_cpu.sample_chain import expf
+    from kernels.numba_cpu import sample_chain
 
     libm = ctypes.CDLL("libm.so.6")
-    libm.expf.restype, libm.expf.argtypes = ctypes.c_float, [ctypes.c_float]
-    x = np.arange(np.float32(-0.0).view(np.uint32), np.float32(-104).view(np.uint32), 97 * 4099,
-                  dtype=np.uint32).view(np.float32)
-    x = np.concatenate([x, np.array([0.0, -np.inf, np.nan, 88.7, 89.0, -87.3, -103.9], np.float32)])
-    want = np.array([libm.expf(float(v)) for v in x], np.float32)
-    got = expf(x)
+    ref = getattr(libm, name)
+    ref.restype, ref.argtypes = ctypes.c_float, [ctypes.c_float]
+    rng = np.random.default_rng(0)
+    if name == "expf":
+        uniform = rng.uniform(-30, 0, 3000)
+        x = np.arange(np.float32(-0.0).view(np.uint32), np.float32(-104).view(np.uint32), 97 * 4099,
+                      dtype=np.uint32).view(np.float32)
+        edges = [0.0, -np.inf, np.nan, 88.7, 89.0, -87.3, -103.9]
+    else:
+        uniform = rng.uniform(1e-8, 1, 3000)
+        x = np.arange(1, np.float32(1.0).view(np.uint32), 97 * 4099, dtype=np.uint32).view(np.float32)
+        edges = [0.0, 1.0, np.inf, np.nan, -1.0, 1e-45, 3.0]
+    x = np.concatenate([uniform.astype(np.float32), x, np.array(edges, np.float32)])
+    want = np.array([ref(float(v)) for v in x], np.float32)
+    got = getattr(sample_chain, name)(x)
     assert got.dtype == np.float32 and got.shape == x.shape
     assert got.view(np.uint32).tolist() == want.view(np.uint32).tolist()
-    with np.errstate(over="ignore"):
-        assert (np.exp(x) != want).mean() > 0.1  # what it replaces (a NumPy that matches would make this moot)
+    with np.errstate(all="ignore"):
+        numpy = {"expf": np.exp, "logf": np.log, "log2f": np.log2}[name](x[:3000])
+    assert (numpy != want[:3000]).mean() > 0.05  # what it replaces (moot if NumPy matched)
 
 
 @pytest.mark.parametrize("n", [49_152, 49_153, 151_936, 262_144])

@@ -224,3 +224,37 @@ def test_the_usual_chain_gives_llama_cpps_candidates_and_probabilities(llama_cpp
             assert ours.candidates[1].view(np.uint32).tolist() == probs.view(np.uint32).tolist(), i
     finally:
         l.llama_sampler_free(chain)
+
+
+@pytest.mark.parametrize("chain", ["typical", "top_k_typical"])
+def test_typical_leaves_llama_cpps_candidates(llama_cpp, chain):
+    """Typical-p orders the candidates by |-logf(p) - entropy|, with C's logf (sample_chain.logf; NumPy's
+    float32 log differs on ~22% of arguments): over a 49k vocabulary, the same token, candidates and
+    probabilities bit for bit as llama.cpp's chain (in id order: llama.cpp orders equal scores by an
+    unstable sort). (Dynamic temperature draws llama.cpp's tokens, test_dynamic_temperature_matches_llama_cpp,
+    but its probabilities can differ by a few ulps: not pinned.)"""
+    l = llama_cpp
+    kw, make = {
+        "typical": (dict(typical_p=0.9, min_keep=1, samplers=("typ_p",)),
+                    lambda: [l.llama_sampler_init_typical(0.9, 1)]),
+        "top_k_typical": (dict(top_k=200, typical_p=0.7, samplers=("top_k", "typ_p")),
+                          lambda: [l.llama_sampler_init_top_k(200), l.llama_sampler_init_typical(0.7, 0)]),
+    }[chain]
+    ref = l.llama_sampler_chain_init(l.llama_sampler_chain_default_params())
+    for s in make() + [l.llama_sampler_init_dist(SEED)]:
+        l.llama_sampler_chain_add(ref, s)
+    ours = Sampler(only(**kw))
+    rng = np.random.default_rng(5)
+    try:
+        for i in range(20):
+            logits = (rng.standard_normal(49_152) * (1.0 + i % 3)).astype(np.float32)
+            want, ids, probs = _draw_with_candidates(l, ref, logits)
+            got = ours.sample(logits)
+            ours.accept(got)
+            assert got == want, i
+            # equal scores are ordered by std::sort there (not stable), by position here: compared by id
+            mine, theirs = np.argsort(ours.candidates[0]), np.argsort(ids)
+            np.testing.assert_array_equal(ours.candidates[0][mine], ids[theirs])
+            assert ours.candidates[1][mine].view(np.uint32).tolist() == probs[theirs].view(np.uint32).tolist(), i
+    finally:
+        l.llama_sampler_free(ref)

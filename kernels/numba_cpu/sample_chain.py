@@ -14,10 +14,11 @@ top-p, min-p and plain temperature; before top_k, the repetition penalties (repe
 Ollama's default repeat_penalty 1.1), applied to a copy of the logits. A chain with anything else, a
 NaN in the logits or a -inf best logit takes the Python path.
 
-expf: NumPy's float32 exp is a vectorized approximation that differs from C's expf by an ulp in about
-40% of arguments (measured over 200,000 in [-30, 0]); Numba's float32 exp calls the C library's expf,
-as llama.cpp's sampler does (llama_sampler_softmax_impl, llama_sampler_dist_apply), so probabilities
-here match llama.cpp's bit for bit.
+expf, logf, log2f: NumPy's float32 exp and logs are vectorized approximations that differ from C's by an
+ulp on many arguments (exp ~40% over [-30, 0], log ~22% and log2 ~14% over (0, 1]); Numba's float32
+functions call the C library's, as llama.cpp's samplers do (expf in llama_sampler_softmax_impl and the
+draw, logf in typical-p and dynamic temperature, log2f in mirostat), so probabilities here match
+llama.cpp's bit for bit.
 """
 
 from __future__ import annotations
@@ -28,21 +29,42 @@ from numba import njit
 from .select import top_k_into
 
 TOP_K, TOP_P, MIN_P, TEMPERATURE = 0, 1, 2, 3   # step codes of `top_k_chain`
+EXP, LOG, LOG2 = 0, 1, 2                          # functions of `c_math_into`
 
 
 @njit(cache=True, nogil=True)
-def expf_into(x, out):
-    """out[i] = expf(x[i]) (float32, the C library's)."""
+def c_math_into(x, out, fn):
+    """out[i] = expf / logf / log2f (fn) of x[i], float32, the C library's."""
     for i in range(x.shape[0]):
-        out[i] = np.exp(x[i])
+        if fn == EXP:
+            out[i] = np.exp(x[i])
+        elif fn == LOG:
+            out[i] = np.log(x[i])
+        else:
+            out[i] = np.log2(x[i])
 
 
-def expf(x: np.ndarray) -> np.ndarray:
+def _c_math(x, fn: int) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    flat = np.ascontiguousarray(x.reshape(-1))
+    out = np.empty_like(flat)
+    c_math_into(flat, out, fn)
+    return out.reshape(x.shape)
+
+
+def expf(x) -> np.ndarray:
     """float32 exp of each element, rounded as C's expf (see the module's docstring)."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    out = np.empty_like(x)
-    expf_into(x.reshape(-1), out.reshape(-1))
-    return out
+    return _c_math(x, EXP)
+
+
+def logf(x) -> np.ndarray:
+    """float32 natural log, as C's logf (NumPy's float32 log differs on ~22% of arguments in (0, 1])."""
+    return _c_math(x, LOG)
+
+
+def log2f(x) -> np.ndarray:
+    """float32 base-2 log, as C's log2f (NumPy's differs on ~14% of arguments in (0, 1])."""
+    return _c_math(x, LOG2)
 
 
 @njit(inline="always")
