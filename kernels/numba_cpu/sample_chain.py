@@ -1,4 +1,4 @@
-"""The sampler chain's usual path in one compiled call, and float32 exp as C's expf.
+"""The sampler chain's usual path in one compiled call, and float32 exp and logs as C's expf, logf, log2f.
 
 A decode step's sampling runs between two forward passes, serial time of every token. A forward pass
 reads the weights through the caches and leaves the sampler's code and data cold: measured on the
@@ -12,7 +12,7 @@ probabilities and token (tests/test_sampler.py compares the two paths).
 Steps it knows (the samplers after top_k whose arithmetic on sorted candidates is short): top-k again,
 top-p, min-p and plain temperature; before top_k, the repetition penalties (repeat, frequency, presence:
 Ollama's default repeat_penalty 1.1), applied to a copy of the logits. A chain with anything else, a
-NaN in the logits or a -inf best logit takes the Python path.
+NaN in the logits or a -inf best logit takes the NumPy path.
 
 expf, logf, log2f: NumPy's float32 exp and logs are vectorized approximations that differ from C's by an
 ulp on many arguments (exp ~40% over [-30, 0], log ~22% and log2 ~14% over (0, 1]); Numba's float32
