@@ -147,30 +147,16 @@ class _Candidates:
             self.p = self.p[idx]
 
 
-def expf(x) -> np.ndarray:
-    """float32 exp as C's expf, as llama.cpp's samplers compute it (NumPy's float32 exp differs by an
-    ulp on ~40% of arguments; kernels/numba_cpu/sample_chain.py). Imported on first use: the Numba
-    backend's package is not needed to import this module."""
+def _c():
+    """kernels/numba_cpu/sample_chain: float32 exp and logs as C's expf/logf/log2f, as llama.cpp's samplers
+    compute them (NumPy's float32 versions differ by an ulp on 14-40% of arguments), and the compiled
+    chain. Imported on first use: the Numba backend's package is not needed to import this module."""
     from kernels.numba_cpu import sample_chain
 
-    return sample_chain.expf(x)
+    return sample_chain
 
 
-def logf(x) -> np.ndarray:
-    """float32 log as C's logf (typical-p, dynamic temperature, mirostat v1)."""
-    from kernels.numba_cpu import sample_chain
-
-    return sample_chain.logf(x)
-
-
-def log2f(x) -> np.ndarray:
-    """float32 log2 as C's log2f (mirostat v2)."""
-    from kernels.numba_cpu import sample_chain
-
-    return sample_chain.log2f(x)
-
-
-_NO_TOKENS = np.zeros(0, np.int64)
+_NO_TOKENS, _NO_PENALTIES = np.zeros(0, np.int64), np.ones(3)
 
 
 def _seq_sum_f32(x: np.ndarray) -> np.float32:
@@ -205,7 +191,7 @@ def _softmax(c: _Candidates, do_sort: bool) -> None:
         _sort(c)
     max_l = c.logits[0] if c.sorted else c.logits.max()
     with np.errstate(invalid="ignore", over="ignore"):
-        p = expf(c.logits - max_l)
+        p = _c().expf(c.logits - max_l)
     c.p = p / _seq_sum_f32(p)
 
 
@@ -300,7 +286,7 @@ def _apply_typical(c: _Candidates, p: float, min_keep: int) -> None:
         return
     _softmax(c, do_sort=True)
     with np.errstate(divide="ignore", invalid="ignore"):
-        logp = logf(c.p)
+        logp = _c().logf(c.p)
         # llama.cpp computes -p*log(p) for every candidate, which is NaN for p == 0 (a -inf logit):
         # here those contribute 0, as the entropy's definition has it
         terms = np.where(c.p > 0, -c.p * logp, np.float32(0.0)).astype(np.float32)
@@ -337,7 +323,7 @@ def _apply_temp_ext(c: _Candidates, temp: float, delta: float, exponent: float) 
     max_entropy = -math.log(1.0 / len(c))
     _softmax(c, do_sort=True)
     with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(c.p > 0, -c.p * logf(c.p), np.float32(0.0)).astype(np.float32)
+        terms = np.where(c.p > 0, -c.p * _c().logf(c.p), np.float32(0.0)).astype(np.float32)
     entropy = float(_seq_sum_f32(terms))
     dyn_temp = min_temp + (max_temp - min_temp) * (entropy / max_entropy) ** exponent
     _temp_impl(c, float(np.float32(dyn_temp)))
@@ -385,7 +371,7 @@ def _apply_dist(c: _Candidates, rng: _MT19937, rnd: float | None = None) -> int:
         return 0
     max_l = c.logits[0] if c.sorted else c.logits.max()
     with np.errstate(invalid="ignore", over="ignore"):
-        p = expf(c.logits - max_l)
+        p = _c().expf(c.logits - max_l)
     run = np.cumsum(p, dtype=np.float64)
     sum_cum = float(run[-1])
     sel = int(np.searchsorted(run, sum_cum * rnd, side="left"))
@@ -601,10 +587,10 @@ class Sampler:
 
     def _compiled_steps(self) -> tuple | None:
         """The chain as `top_k_chain` runs it: (the kernel, step codes and values of the samplers after
-        top_k, whether the penalties come first), where before top_k there are only the penalties and
+        top_k, the penalties that come first), where before top_k there are only the penalties and
         samplers doing nothing with these parameters, and after it each sampler is one it knows (top-k,
         top-p, min-p, plain temperature) or does nothing (typical-p 1, XTC off, ...); None otherwise,
-        and the chain runs here in NumPy."""
+        and the chain runs here in NumPy. The penalties: [repeat, frequency, presence], or None."""
         p = self.params
         if "top_k" not in self.order or p.top_k <= 0 or p.mirostat != 0 or p.logit_bias:
             return None
@@ -612,8 +598,7 @@ class Sampler:
         if not all(s == "penalties" or self._inert(s) for s in self.order[:lead]) or \
                 self.order[:lead].count("penalties") > 1:
             return None
-        from kernels.numba_cpu import sample_chain as sc
-
+        sc = _c()
         penalize = not self._inert("penalties") and "penalties" in self.order[:lead]
         codes, values = [], []
         for name in self.order[lead + 1:]:
@@ -637,21 +622,23 @@ class Sampler:
                     return None
             elif not self._inert(name):
                 return None
-        return sc.top_k_chain, np.array(codes, np.int64), np.array(values, np.float64), penalize
+        penalties = np.array([p.repeat_penalty, p.frequency_penalty, p.presence_penalty]) if penalize else None
+        return sc.top_k_chain, np.array(codes, np.int64), np.array(values, np.float64), penalties
 
     def _compiled_chain(self, logits: np.ndarray, hist: Sequence[int]) -> tuple[int, float]:
         """The whole chain in one compiled call (kernels/numba_cpu/sample_chain.py): (token, -1.0), or
         (-1, the uniform drawn) where it leaves the logits to the NumPy path (a NaN...), which then
         uses that draw rather than drawing again."""
-        run, codes, values, penalize = self._steps
+        run, codes, values, penalties = self._steps
         pp = self.params
         k = min(pp.top_k, len(logits))
         ids, p = np.empty(k, np.int64), np.empty(k, np.float32)
         window = _NO_TOKENS
-        if penalize and hist:
+        if penalties is not None and hist:
             n = pp.penalty_last_n
             window = np.array(hist[-n:] if n > 0 else hist, np.int64)
-        penalties = np.array([pp.repeat_penalty, pp.frequency_penalty, pp.presence_penalty])
+        else:
+            penalties = _NO_PENALTIES
         rnd = self._rng.uniform_double()
         n, sel = run(logits, k, codes, values, pp.min_keep, rnd, ids, p, window, penalties)
         if n < 0:
@@ -735,8 +722,8 @@ class Sampler:
             if p.mirostat == 1:
                 n = min(100 - 1, len(c) - 1)
                 i = np.arange(n, dtype=np.float32)
-                t = logf((i + f(2)) / (i + f(1)))
-                b = logf(c.p[:n] / c.p[1:n + 1])
+                t = _c().logf((i + f(2)) / (i + f(1)))
+                b = _c().logf(c.p[:n] / c.p[1:n + 1])
                 sum_ti_bi = _seq_sum_f32((t * b).astype(np.float32))
                 sum_ti_sq = _seq_sum_f32((t * t).astype(np.float32))
                 s_hat = f(sum_ti_bi / sum_ti_sq)
@@ -746,12 +733,12 @@ class Sampler:
                 # llama.cpp's std::max(int(k), 1) keeps one candidate there
                 _apply_top_k(c, max(int(k), 1) if np.isfinite(k) and abs(k) < 2.0 ** 31 else 1)
             else:
-                surprise = -log2f(c.p)
+                surprise = -_c().log2f(c.p)
                 over = np.nonzero(surprise > self._mu)[0]
                 c.take(slice(0, max(int(over[0]) if len(over) else len(c), 1)))
             _softmax(c, do_sort=True)
             idx = _sample_discrete(c, self._rng)
-            e = f(-log2f(c.p[idx:idx + 1])[0] - tau)
+            e = f(-_c().log2f(c.p[idx:idx + 1])[0] - tau)
             self._mu = f(self._mu - f(eta * e))
         return idx
 

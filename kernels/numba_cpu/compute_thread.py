@@ -12,8 +12,8 @@ So every forward pass (models/common.py `DecoderModel.forward`) runs on one proc
 "numba-compute": `run(fn, ...)` hands the call over and waits for it (~20-60 us a pass, against a
 decode token's ~8 ms), or calls it directly when already on that thread. The answer comes back through
 a SimpleQueue, C code end to end: a Future's Python (its condition, its state) ran cold after every
-pass, when a forward pass has left the caches holding weights (~30 us more a token). The backend operations that
-start parallel kernels (products, attention, the activations) are `pinned` too, for callers of the
+pass, when a forward pass has left the caches holding weights (~30 us more a token). The backend
+operations that start parallel kernels (products, attention, the activations) are `pinned` too, for callers of the
 backend itself (tests, tools): from the compute thread they run directly, from any other they are
 handed over. Exceptions come back to the caller as they were raised.
 """
