@@ -458,6 +458,9 @@ ATTN_FAST_CASES = [
     (1, 4, 1, 256, 1500, 0, False, "arange"),
     (64, 8, 2, 64, 96, 0, True, "arange"),
     (1, 9, 3, 64, 50, 0, False, "nothing-visible"),
+    # 5 query heads a kv head (a 4-head block of the weighted sum, then 1) and 40 columns (16-column
+    # blocks, then 8 one by one)
+    (3, 10, 2, 40, 37, 0, True, "arange"),
 ]
 
 

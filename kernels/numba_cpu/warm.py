@@ -50,7 +50,7 @@ def _stamp_path() -> Path | None:
 
     h = hashlib.sha1()
     here = Path(__file__).resolve().parent
-    for name in ("ops.py", "activations.py", "rows_common.py", "warm.py"):
+    for name in ("ops.py", "attention.py", "op_math.py", "activations.py", "rows_common.py", "warm.py"):
         h.update((here / name).read_bytes())
     h.update(f"{numba.__version__} {sys.version} {ll.get_host_cpu_name()} {ll.get_host_cpu_features().flatten()}"
              .encode())
