@@ -1,0 +1,58 @@
+"""benchmarks/bench_server.py's client: it only receives while a stream runs and parses afterwards, so
+each event's time must come from the block of bytes that completed it, whatever the HTTP chunking."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bench_server  # noqa: E402
+from live_server import LiveServer, tiny_model  # noqa: E402
+
+
+def _chunked(*pieces: bytes) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+
+
+def _event(obj, sep=b"\n\n") -> bytes:
+    return b"data: " + json.dumps(obj).encode() + sep
+
+
+HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def test_each_event_is_timed_by_the_block_that_completed_it():
+    a, b, c = _event({"n": 1}), _event({"n": 2}, b"\r\n\r\n"), _event({"n": 3})
+    # event 2 split over two HTTP chunks, and the chunk framing split over two blocks
+    raw = HEAD + _chunked(a, b[:7], b[7:] + c)
+    done = b"data: [DONE]\n\n"
+    raw = raw[:-5] + _chunked(done)[:-5] + raw[-5:]
+    cut1 = raw.index(a) + len(a) + 8             # past event 1, inside event 2's first piece
+    cut2 = raw.index(c) + len(c) - 1             # before event 3's last byte
+    arrivals = [(cut1, 0.1), (cut2, 0.2), (len(raw), 0.3)]
+    events = bench_server.sse_events(raw, arrivals)
+    assert [(t, e["n"]) for t, e in events] == [(0.1, 1), (0.2, 2), (0.3, 3)]
+
+
+def test_a_plain_body_and_a_refusal():
+    raw = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n" + _event({"x": 1}) + b": comment\n\n"
+    assert [e for _, e in bench_server.sse_events(raw, [(len(raw), 0.5)])] == [{"x": 1}]
+    with pytest.raises(ValueError, match="not a 200"):
+        bench_server.sse_events(b"HTTP/1.1 503 Busy\r\n\r\n{}", [(22, 0.1)])
+
+
+def test_a_real_stream_is_counted_and_timed(tmp_path):
+    srv = LiveServer("-m", str(tiny_model(tmp_path / "tiny.gguf")), "--alias", "tiny")
+    try:
+        usage: dict = {}
+        ttft, lat, n, last = bench_server.chat(srv.base, "tiny", 3, 8, usage)
+    finally:
+        srv.stop()
+    assert n == usage["completion_tokens"] and 1 <= n <= 8
+    assert 0 < ttft <= last <= lat
