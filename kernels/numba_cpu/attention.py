@@ -280,7 +280,8 @@ def _make_attn_par(VARIANT: int):
     def _attn_par(q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, n_chunks, n_split, out, mbuf, lbuf, abuf,
                   softcap):
         n_items = q.shape[0] * k.shape[1] * n_split * n_chunks
-        for it in prange(n_items):
+        for it in prange(n_items):  # as int64: prange counts in uint64, and an item function called with
+            # both would be compiled (~1 s each) once per index type
             attn_item(VARIANT, np.int64(it), q, k, v, q_pos, kv_pos, lo, hi, scale, window, sinks, n_chunks, n_split,
                       out, mbuf, lbuf, abuf, softcap)
 

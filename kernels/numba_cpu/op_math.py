@@ -8,7 +8,6 @@ from numba import njit
 
 from .rows_common import as_f32
 
-F32 = np.float32
 ZERO = np.float32(0.0)
 ONE = np.float32(1.0)
 TEN = np.float32(10.0)
@@ -22,8 +21,6 @@ _JIT = dict(cache=True, nogil=True, boundscheck=False, error_model="numpy")
 _JIT_FAST = dict(_JIT, fastmath={"reassoc", "contract", "nsz", "arcp"})
 
 PAR_MIN = 1 << 15  # elements (or multiply-adds for attention) below which a kernel runs serially
-# The parallel drivers hand prange's index to the item functions as int64: prange counts in uint64,
-# and an item function called with both would be compiled (~1 s each) once per index type.
 
 
 # --- a vectorizable expf (Cephes polynomial, <= 3e-7 relative error; ggml's own SIMD silu and

@@ -96,7 +96,7 @@ def _penalized(logits, window, penalties):
         if 0 <= t < x.shape[0]:
             v = x[t]
             v = v * r if v <= 0 else v / r
-            x[t] = v - (np.float32(j - i) * fq + pr * np.float32(1.0))
+            x[t] = v - (np.float32(j - i) * fq + pr)
         i = j
     return x
 
