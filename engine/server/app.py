@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import threading
 import time
 import uuid
 from fastapi import FastAPI, Request
@@ -23,6 +22,7 @@ from starlette.requests import ClientDisconnect
 from . import schemas
 from .auth import APIKeys, KeyGuard, read_keys
 from .file_guard import ModelFileGuard, ModelFileChanged
+from .job import Job
 from .limits import Admission, BodyLimit, Busy, ServerLimits, cap_max_tokens
 from .registry import ModelRegistry, UnknownModel
 from engine.gguf_file import GGUFError
@@ -119,85 +119,6 @@ def check_messages(body: dict) -> list[dict]:
         elif c is not None and not isinstance(c, str):
             raise APIError(400, f"messages[{i}].content must be a string or an array of parts", code="invalid_type")
     return msgs
-
-
-# --- running a generation off the event loop
-
-
-class Job:
-    """One generation in a worker thread; `pieces()` yields its Pieces on the event loop."""
-
-    _END = object()
-
-    def __init__(self, model, make_iter, buffer: int = 64, prompt: list[int] | None = None):
-        """`prompt`: the token ids the generation starts from, to pick the slot that holds most of
-        them (engine/server/slots.py); None takes the least recently used slot."""
-        self.model, self.make_iter, self.prompt = model, make_iter, prompt
-        self.cancel = threading.Event()
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self.room = threading.Semaphore(buffer)  # pieces a slow reader lets pile up, at most
-        self.loop = asyncio.get_running_loop()
-
-    async def start(self):
-        m = self.model
-        m.waiting += 1
-        try:
-            self.engine = await m.free.get(self.prompt)
-        finally:
-            m.waiting -= 1
-        m.active += 1
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self):
-        def call(fn, *args):  # after a shutdown cancelled the request the loop is closed: no one to tell
-            try:
-                self.loop.call_soon_threadsafe(fn, *args)
-            except RuntimeError:
-                pass
-
-        put = lambda x: call(self.queue.put_nowait, x)  # noqa: E731
-
-        def room() -> bool:  # wait while the reader is `buffer` pieces behind; False once cancelled
-            while not self.room.acquire(timeout=0.1):
-                if self.cancel.is_set():
-                    return False
-            return True
-
-        it = None
-        try:
-            it = self.make_iter(self.engine)
-            for piece in it:
-                if self.cancel.is_set() or not room():
-                    break
-                put(piece)
-        except Exception as e:  # noqa: BLE001 - reported to the client, the server goes on
-            put(e)
-        finally:
-            if it is not None and hasattr(it, "close"):
-                try:
-                    it.close()
-                except Exception:  # noqa: BLE001
-                    pass
-            put(self._END)
-
-            def release():
-                self.model.active -= 1
-                self.model.free.put_nowait(self.engine)
-
-            call(release)
-
-    async def pieces(self):
-        try:
-            while True:
-                item = await self.queue.get()
-                if item is self._END:
-                    return
-                if isinstance(item, Exception):
-                    raise item
-                self.room.release()
-                yield item
-        finally:
-            self.cancel.set()
 
 
 def batching_props(engine) -> dict:

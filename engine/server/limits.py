@@ -12,7 +12,7 @@ Each limit is one small piece that the request path calls, so that a scheduler c
 * `ServerLimits.request_timeout`: the most a request may take; then it is cancelled (504).
 
 The idle-client timeout (llama-server's `--timeout`) lives in the HTTP protocol (engine/server/http.py);
-a slow stream reader is bounded by the stream buffer of each request (app.Job) and by that timeout.
+a slow stream reader is bounded by the stream buffer of each request (job.Job) and by that timeout.
 """
 
 from __future__ import annotations
