@@ -456,7 +456,8 @@ def test_top_k_first_paths_are_the_general_path(kind):
     one compiled call (kernels/numba_cpu/sample_chain.py): the same candidates, probabilities, draws
     and generator state as the general path, ties at the cut going to the lower ids, -inf entries kept
     in id order, NaNs and an all -inf vocabulary left to the NumPy path (with the draw already taken).
-    The repetition penalties before top_k run in the compiled call too, on a copy of the logits."""
+    The repetition penalties before top_k run in the compiled call too, on a copy of the logits, and so
+    does a logit_bias (ignore_eos's bans), added to a copy of the logits first."""
     r = np.random.default_rng(11)
     n = {"small": 20, "big": 49_152}.get(kind, 5000)
     for trial in range(8 if kind == "big" else 20):
@@ -469,17 +470,21 @@ def test_top_k_first_paths_are_the_general_path(kind):
             x[r.integers(0, n, 3)] = np.nan
         elif kind == "allinf":
             x[:] = -np.inf
+        best = int(np.argmax(np.nan_to_num(x, nan=-np.inf)))  # banned; a runner-up pushed up; ids outside the vocabulary
+        bias = {best: -math.inf, int(r.integers(0, n)): 2.5, int(r.integers(0, n)): -1.25, n + 3: 9.0, -2: 9.0}
         for params in (SamplerParams(seed=trial), SamplerParams(seed=trial, top_k=300, top_p=1.0, min_p=0.0),
                        SamplerParams(seed=trial, top_k=n + 5, temperature=1.5),
                        SamplerParams(seed=trial, top_k=60, top_p=0.7, min_p=0.2, min_keep=5, temperature=0.0),
                        SamplerParams(seed=trial, top_k=50, samplers="kmptk", top_p=0.9, min_p=0.01, temperature=0.6),
                        SamplerParams(seed=trial, top_k=50, samplers="ktpm", top_p=0.6, temperature=2.0, min_keep=2),
                        SamplerParams(seed=trial, repeat_penalty=1.3, frequency_penalty=0.4, presence_penalty=0.2),
-                       SamplerParams(seed=trial, repeat_penalty=0.7, penalty_last_n=-1, top_k=8, min_p=0.0)):
+                       SamplerParams(seed=trial, repeat_penalty=0.7, penalty_last_n=-1, top_k=8, min_p=0.0),
+                       SamplerParams(seed=trial, logit_bias=bias),
+                       SamplerParams(seed=trial, logit_bias=bias, repeat_penalty=1.2, top_k=20, temperature=1.3)):
             compiled, numpy_first, general = Sampler(params), Sampler(params), Sampler(params)
             assert compiled._steps is not None and (compiled._lead is not None or params.repeat_penalty != 1.0)
             numpy_first._steps = None
-            general._lead = general._steps = None
+            general._lead = general._steps = general._bias = None  # the bias added candidate by candidate
             top = [int(i) for i in np.argsort(-np.nan_to_num(x, nan=-np.inf), kind="stable")[:6]]
             hist = [top[0], 3, top[1], top[0], n + 7, top[2], top[0], 5, top[3]] * 9  # repeats, one id past the vocab
             for _ in range(3):
@@ -493,7 +498,7 @@ def test_top_k_first_paths_are_the_general_path(kind):
     # compiled chain does not know (active typical-p, XTC, dynamic temperature) takes the NumPy one
     assert Sampler(SamplerParams(repeat_penalty=1.1))._lead is None
     for p in (SamplerParams(typical_p=0.9), SamplerParams(xtc_probability=0.5), SamplerParams(dynatemp_range=0.5),
-              SamplerParams(logit_bias={3: 1.0}), SamplerParams(repeat_penalty=1.1, samplers="kem"),
+              SamplerParams(repeat_penalty=1.1, samplers="kem"),
               SamplerParams(repeat_penalty=1.1, samplers="eekt"), SamplerParams(dry_multiplier=0.8)):
         assert Sampler(p, vocab=["a", "b"], tokenize=lambda s: [0])._steps is None, p
     assert Sampler(SamplerParams(typical_p=1.0, xtc_probability=0.0))._steps is not None
