@@ -71,9 +71,11 @@ def started(cmd: list[str]):
         proc.wait(20)
 
 
-def chat(base: str, model: str, i: int, max_tokens: int, usage: dict | None = None) -> tuple[float, float, int, float]:
+def chat(base: str, model: str, i: int, max_tokens: int, usage: dict | None = None,
+         ignore_eos: bool = False) -> tuple[float, float, int, float]:
     """One streamed chat: (time to first token, latency, completion tokens, time of the last token).
     `usage`, if given, gets the server's usage object (ours sends one; llama-cpp-python's does not).
+    `ignore_eos`: llama-server's field (ours takes it too), a reply of exactly `max_tokens` tokens.
 
     The client runs on the machine it measures: while the stream runs it only receives, noting when
     each block of bytes arrived; the HTTP chunks and the events' JSON are parsed after the last byte
@@ -82,7 +84,7 @@ def chat(base: str, model: str, i: int, max_tokens: int, usage: dict | None = No
     SmolLM2 read 1.5-2% slower so, 8 rounds alternating the two clients on one server.)"""
     body = {"model": model, "messages": [{"role": "user", "content": f"Write a sentence about the number {i}."}],
             "max_tokens": max_tokens, "temperature": 0.8, "seed": i, "stream": True,
-            "stream_options": {"include_usage": True}}
+            "stream_options": {"include_usage": True}, **({"ignore_eos": True} if ignore_eos else {})}
     host, port = base.split("//", 1)[1].rsplit(":", 1)
     data = json.dumps(body).encode()
     head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
@@ -157,7 +159,7 @@ def pct(xs, q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
-def load(base: str, model: str, clients: int, n_requests: int, max_tokens: int) -> dict:
+def load(base: str, model: str, clients: int, n_requests: int, max_tokens: int, ignore_eos: bool = False) -> dict:
     lock, next_i, ttfts, lat, toks, rates = threading.Lock(), [0], [], [], [], []
 
     def worker():
@@ -167,7 +169,7 @@ def load(base: str, model: str, clients: int, n_requests: int, max_tokens: int) 
                     return
                 i = next_i[0]
                 next_i[0] += 1
-            first, dt, n, last = chat(base, model, i, max_tokens)
+            first, dt, n, last = chat(base, model, i, max_tokens, ignore_eos=ignore_eos)
             with lock:
                 ttfts.append(first)
                 lat.append(dt)
@@ -223,6 +225,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lone-pairs", type=int, default=0, metavar="N",
                     help="then N alternations of `engine bench` tg and a lone stream on our batched server "
                          "(the ratio, paired in time on a noisy machine)")
+    ap.add_argument("--lone-tokens", type=int, default=128, metavar="N",
+                    help="the lone stream's replies, exactly N tokens each, against tgN (default 128, bench's -n)")
     args = ap.parse_args(argv)
 
     n_ctx = 512 * args.parallel  # 512 positions a slot, as many as llama-cpp-python's one sequence gets
@@ -265,30 +269,51 @@ def main(argv=None) -> int:
 
 
 def lone_pairs(model: str, cmd: list[str], args) -> None:
-    """A lone stream's decode speed against `engine bench`'s tg, measured alternately (bench, then 8
-    requests from one client to the idle-between-rounds server, then bench again...): on a shared VM
-    whose speed drifts by tens of percent within minutes, a ratio of two numbers taken minutes apart
-    says more about the drift than about the server.
+    """A lone stream's decode speed against `engine bench`'s tg, measured alternately on a noisy VM:
+    each round takes tg (bench's own `bench_engine`, in benchmarks/bench_probe.py: one process that
+    loaded the model once, so the two numbers of a round are seconds apart rather than a new process's
+    load apart), then 4 streamed requests from one client to the idle-between-rounds server.
 
+    Like for like: every reply is exactly `--lone-tokens` tokens (`ignore_eos`), as many as tg
+    generates (128, bench's default -n): a short reply's speed is mostly the model's first steps after
+    a prompt, slower than the steps after them in `bench` and in llama.cpp alike (benchmarks/README.md).
     Two tg's: from an empty context (bench's default, the issue's yardstick), and at the stream's own
     depth (`bench -d`: its chat prompt's tokens evaluated just before, as the server evaluates them
-    before the reply) -- what the server and the sampling cost, apart from what the longer context
-    and the prompt before it cost the model itself."""
+    before the reply) -- what the server and the sampling cost, apart from what the longer context and
+    the prompt before it cost the model itself."""
+    n = args.lone_tokens
     ratios, ratios_d = [], []
-    with started(cmd) as base:
-        usage: dict = {}
-        chat(base, "m", 0, 4, usage)
-        depth = int(usage.get("prompt_tokens", 0))
-        print(f"\n| round | `engine bench` tg | tg @ d{depth} | lone stream t/s p50 | ratio to tg "
-              f"| ratio to tg @ d{depth} |\n|---|---|---|---|---|---|")
-        for i in range(args.lone_pairs):
-            tg = bench_tg(model, args.threads)
-            tg_d = bench_tg(model, args.threads, depth)
-            stream = load(base, "m", 1, 8, args.max_tokens)["stream_tps"]
-            ratios.append(stream / tg)
-            ratios_d.append(stream / tg_d)
-            print(f"| {i + 1} | {tg:.1f} | {tg_d:.1f} | {stream:.1f} | {stream / tg:.3f} | {stream / tg_d:.3f} |",
-                  flush=True)
+    probe_cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_probe.py"), "-m", model, "-n", str(n), "-r", "3",
+                 "-t", str(args.threads)]
+    with started(cmd) as base, subprocess.Popen(probe_cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                                 text=True) as probe:
+        def tg(depth: int) -> float:
+            probe.stdin.write(f"{depth}\n")
+            probe.stdin.flush()
+            line = probe.stdout.readline()
+            if not line:
+                raise RuntimeError(f"bench_probe exited ({probe.poll()})")
+            return float(json.loads(line)["tg"])
+
+        try:
+            if probe.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"bench_probe did not start ({probe.poll()})")
+            usage: dict = {}
+            chat(base, "m", 0, 4, usage)
+            depth = int(usage.get("prompt_tokens", 0))
+            tg(0)
+            print(f"\nreplies of {n} tokens; | round | `engine bench` tg{n} | tg{n} @ d{depth} | lone stream t/s p50 "
+                  f"| ratio to tg | ratio to tg @ d{depth} |\n|---|---|---|---|---|---|")
+            for i in range(args.lone_pairs):
+                t0, td = tg(0), tg(depth)
+                stream = load(base, "m", 1, 4, n, ignore_eos=True)["stream_tps"]
+                ratios.append(stream / t0)
+                ratios_d.append(stream / td)
+                print(f"| {i + 1} | {t0:.1f} | {td:.1f} | {stream:.1f} | {stream / t0:.3f} | {stream / td:.3f} |",
+                      flush=True)
+        finally:
+            probe.stdin.close()
+            probe.terminate()
     print(f"\nlone stream / tg, median of {len(ratios)} rounds: {statistics.median(ratios):.3f}; "
           f"/ tg @ d{depth} (the stream's prompt): {statistics.median(ratios_d):.3f}")
 

@@ -52,7 +52,23 @@ def test_a_real_stream_is_counted_and_timed(tmp_path):
     try:
         usage: dict = {}
         ttft, lat, n, last = bench_server.chat(srv.base, "tiny", 3, 8, usage)
+        fixed = bench_server.chat(srv.base, "tiny", 4, 12, ignore_eos=True)  # the lone pairs' replies
     finally:
         srv.stop()
     assert n == usage["completion_tokens"] and 1 <= n <= 8
     assert 0 < ttft <= last <= lat
+    assert fixed[2] == 12
+
+
+def test_the_tg_probe_measures_on_each_line(tmp_path):
+    """benchmarks/bench_probe.py: `engine bench`'s tg per line of stdin (a depth), in one process."""
+    import subprocess
+
+    model = tiny_model(tmp_path / "tiny.gguf")
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_probe.py"), "-m", str(model), "-n", "4",
+                          "-r", "1", "-t", "1"], input="0\n5\n", capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[0] == "ready"
+    runs = [json.loads(line) for line in lines[1:]]
+    assert [r["depth"] for r in runs] == [0, 5] and all(r["tg"] > 0 for r in runs)
