@@ -207,10 +207,10 @@ def _bias_arrays(bias: dict[int, float] | None) -> tuple[np.ndarray, np.ndarray]
 
 
 def _biased(logits: np.ndarray, ids: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """A copy of `logits` with the bias added (in float32, one add a logit: `_apply_logit_bias`'s values)."""
+    """A copy of `logits` with the bias added in float32, in order: `_apply_logit_bias`'s values."""
     out = logits.copy()
     inside = ids < len(out)
-    out[ids[inside]] += values[inside]
+    np.add.at(out, ids[inside], values[inside])  # in order, a repeated id (15 and "15") added twice as there
     return out
 
 

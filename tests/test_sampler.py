@@ -470,8 +470,9 @@ def test_top_k_first_paths_are_the_general_path(kind):
             x[r.integers(0, n, 3)] = np.nan
         elif kind == "allinf":
             x[:] = -np.inf
-        best = int(np.argmax(np.nan_to_num(x, nan=-np.inf)))  # banned; a runner-up pushed up; ids outside the vocabulary
-        bias = {best: -math.inf, int(r.integers(0, n)): 2.5, int(r.integers(0, n)): -1.25, n + 3: 9.0, -2: 9.0}
+        best = int(np.argmax(np.nan_to_num(x, nan=-np.inf)))  # banned; one pushed up (twice: 15 and "15"); ids outside
+        up = int(r.integers(0, n))
+        bias = {best: -math.inf, up: 2.5, str(up): 0.75, int(r.integers(0, n)): -1.25, n + 3: 9.0, -2: 9.0}
         for params in (SamplerParams(seed=trial), SamplerParams(seed=trial, top_k=300, top_p=1.0, min_p=0.0),
                        SamplerParams(seed=trial, top_k=n + 5, temperature=1.5),
                        SamplerParams(seed=trial, top_k=60, top_p=0.7, min_p=0.2, min_keep=5, temperature=0.0),
