@@ -197,12 +197,11 @@ def load(base: str, model: str, clients: int, n_requests: int, max_tokens: int, 
             "stream_tps": statistics.median(rates) if rates else 0.0}
 
 
-def bench_tg(model: str, threads: int, depth: int = 0) -> float:
-    """`python -m engine bench`'s tg (tokens/s of generation, median) on the same threads: the speed a
-    lone stream should approach. depth: `bench -d`, tokens already in the context (evaluated as a
-    prompt just before, as a chat's prompt is before its reply)."""
+def bench_tg(model: str, threads: int) -> float:
+    """`python -m engine bench`'s tg (tokens/s of generation, median) on the same threads, for the run's
+    header (the lone pairs take theirs from benchmarks/bench_probe.py)."""
     p = subprocess.run([sys.executable, "-m", "engine", "bench", "-m", model, "-p", "16", "-n", "32", "-r", "3",
-                        "-d", str(depth), "-t", str(threads), "--json"], capture_output=True, text=True, cwd=ROOT)
+                        "-t", str(threads), "--json"], capture_output=True, text=True, cwd=ROOT)
     if p.returncode != 0:
         return float("nan")
     return float(json.loads(p.stdout.strip().splitlines()[-1])["tg"]["median"])
