@@ -18,6 +18,8 @@ from kernels.base import KernelError
 
 from .generate import Timings, Utf8Stream, generate_step
 from .gguf_file import GGUF
+from .logprobs import log_softmax, top_ids
+from .stops import StopMatcher
 
 DEFAULT_CTX = 4096  # llama.cpp's default context size (llama-cli / llama-server)
 
@@ -333,7 +335,6 @@ class Engine:
 
     def _stream(self, ids: list[int], max_tokens: int, sampler, stops: list[str], cache_prompt: bool = True,
                 n_logprobs: int | None = None, render_special: frozenset = frozenset()) -> Iterator[Piece]:
-        from .sampler import StopMatcher
 
         todo = self._prepare_cache(ids, reuse=cache_prompt)
         timings = Timings(prompt_n=len(todo), cache_n=len(ids) - len(todo))
@@ -423,18 +424,14 @@ class Engine:
 
     def _logprob_entry(self, logits, tok: int, k: int) -> dict:
         """OpenAI's per-token logprob record: the token, its log-probability, the top k."""
-        x = np.asarray(logits, np.float64).reshape(-1)
-        m = x.max()
-        lse = m + np.log(np.exp(x - m).sum())
+        lp = log_softmax(logits)
 
         def rec(t):
             b = self.tokenizer.token_to_piece(int(t), special=True)
-            return {"id": int(t), "token": b.decode("utf-8", errors="replace"), "logprob": float(x[t] - lse),
+            return {"id": int(t), "token": b.decode("utf-8", errors="replace"), "logprob": float(lp[t]),
                     "bytes": list(b)}
 
-        top = np.argpartition(-x, min(k, len(x) - 1))[:k] if k > 0 else np.array([], np.int64)
-        top = top[np.argsort(-x[top], kind="stable")]
-        return {**rec(tok), "top_logprobs": [rec(t) for t in top]}
+        return {**rec(tok), "top_logprobs": [rec(t) for t in top_ids(lp, k)]}
 
     # --- chat
     def chat_template(self, name: str | None = None):

@@ -1,4 +1,4 @@
-"""llama.cpp's sampler chain in NumPy, plus stop-string matching for the generation loop.
+"""llama.cpp's sampler chain in NumPy (stop strings: engine.stops; log-probabilities: engine.logprobs).
 
 Sources: `common/sampling.cpp` (`common_sampler_init`: which samplers, in which order), `common/common.h`
 (`common_params_sampling` defaults and the default order), `src/llama-sampling.cpp` (each sampler).
@@ -764,75 +764,3 @@ class Sampler:
             e = f(-_c().log2f(c.p[idx:idx + 1])[0] - tau)
             self._mu = f(self._mu - f(eta * e))
         return idx
-
-
-# --- log-probabilities for the API
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """log(softmax(logits)) over the whole vocabulary, in float64."""
-    x = np.asarray(logits, dtype=np.float64).reshape(-1)
-    m = x.max()
-    return x - (m + math.log(np.exp(x - m).sum()))
-
-
-def logprobs(logits: np.ndarray, k: int) -> list[tuple[int, float]]:
-    """The `k` most probable tokens of the raw distribution as (token, log-probability), highest
-    first (ties: lower token id first) -- what the API returns as `top_logprobs`."""
-    lp = log_softmax(logits)
-    k = max(0, min(int(k), len(lp)))
-    if k == 0:
-        return []
-    order = _desc_order(lp, k)
-    return [(int(i), float(lp[i])) for i in order]
-
-
-def token_logprob(logits: np.ndarray, token: int) -> float:
-    return float(log_softmax(logits)[int(token)])
-
-
-# --- stop strings
-
-
-class StopMatcher:
-    """Stop strings over streamed text (llama-server's find_stopping_strings, on str).
-
-    `feed(piece)` returns (text safe to emit, stopped). Text that could be the start of a stop string
-    is held back until it is decided; at a full match everything from the stop string on is dropped,
-    and `stop_string` names the one that matched (the earliest; on a tie, the first listed).
-    `flush()` returns what is still held back when generation ends without a stop.
-    """
-
-    def __init__(self, stops: Iterable[str] | None):
-        self.stops = [s for s in (stops or []) if s]
-        self._buf = ""
-        self.stopped = False
-        self.stop_string: str | None = None
-
-    def feed(self, piece: str) -> tuple[str, bool]:
-        if self.stopped:
-            return "", True
-        if not self.stops:
-            return piece, False
-        buf = self._buf + piece
-        best = -1
-        for s in self.stops:
-            pos = buf.find(s)
-            if pos != -1 and (best == -1 or pos < best):
-                best, self.stop_string = pos, s
-        if best != -1:
-            self._buf, self.stopped = "", True
-            return buf[:best], True
-        hold = 0
-        for s in self.stops:
-            for k in range(min(len(s) - 1, len(buf)), hold, -1):
-                if buf.endswith(s[:k]):
-                    hold = k
-                    break
-        cut = len(buf) - hold
-        self._buf = buf[cut:]
-        return buf[:cut], False
-
-    def flush(self) -> str:
-        out, self._buf = self._buf, ""
-        return "" if self.stopped else out

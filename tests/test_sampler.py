@@ -11,7 +11,6 @@ from engine.sampler import (
     DEFAULT_SAMPLERS,
     Sampler,
     SamplerParams,
-    StopMatcher,
     _apply_dist,
     _apply_min_p,
     _apply_penalties,
@@ -24,10 +23,7 @@ from engine.sampler import (
     _Candidates,
     _MT19937,
     dry_breakers_from_vocab,
-    log_softmax,
-    logprobs,
     parse_samplers,
-    token_logprob,
 )
 
 PROBS = [0.5, 0.2, 0.15, 0.1, 0.05]
@@ -352,87 +348,6 @@ def test_mirostat_runs_and_is_seeded():
         assert all(0 <= t < 200 for t in ta)
     with pytest.raises(ValueError):
         Sampler(SamplerParams(mirostat=3))
-
-
-# --- log-probabilities
-
-
-def test_logprobs_top_k():
-    logits = np.array([1.0, 3.0, 2.0, 3.0], dtype=np.float32)
-    lp = log_softmax(logits)
-    assert np.exp(lp).sum() == pytest.approx(1.0)
-    top = logprobs(logits, 3)
-    assert [t for t, _ in top] == [1, 3, 2]  # tie: lower id first
-    assert top[0][1] == pytest.approx(3.0 - math.log(math.exp(1) + math.exp(2) + 2 * math.exp(3)))
-    assert len(logprobs(logits, 10)) == 4 and logprobs(logits, 0) == []
-    assert token_logprob(logits, 2) == pytest.approx(lp[2])
-
-
-# --- stop strings
-
-
-def feed_all(m: StopMatcher, pieces):
-    out, stopped = [], False
-    for piece in pieces:
-        text, stopped = m.feed(piece)
-        out.append(text)
-        if stopped:
-            break
-    return out, stopped
-
-
-def test_stop_split_across_pieces():
-    m = StopMatcher(["</s>"])
-    assert feed_all(m, ["Hello <", "/s", ">more"]) == (["Hello ", "", ""], True)
-    assert m.stop_string == "</s>"
-    assert m.feed("anything") == ("", True) and m.flush() == ""
-
-
-def test_partial_match_that_fails_is_released():
-    m = StopMatcher(["</s>"])
-    assert feed_all(m, ["a <", "b", "</", "x"]) == (["a ", "<b", "", "</x"], False)
-    assert m.flush() == ""
-    m = StopMatcher(["STOP"])
-    assert m.feed("text ST") == ("text ", False)
-    assert m.flush() == "ST"  # generation ended: the held-back text is emitted
-
-
-def test_stop_at_the_very_start_and_inside_a_piece():
-    m = StopMatcher(["STOP"])
-    assert m.feed("STOP and more") == ("", True)
-    m = StopMatcher(["STOP"])
-    assert m.feed("foo STOP bar") == ("foo ", True)
-
-
-def test_overlapping_partial_matches():
-    m = StopMatcher(["abcabd"])
-    assert m.feed("abcab") == ("", False)
-    assert m.feed("c") == ("abc", False)  # "abcabc": only the last "abc" can still start the stop
-    assert m.feed("abd") == ("", True)  # the text was "abcabcabd": the stop starts at 3
-    m = StopMatcher(["aab"])
-    assert feed_all(m, ["a", "a", "a", "b"]) == (["", "", "a", ""], True)
-
-
-def test_multiple_stop_strings():
-    m = StopMatcher(["world", "wor!"])
-    assert m.feed("hello wor") == ("hello ", False)
-    assert m.feed("!") == ("", True) and m.stop_string == "wor!"
-    m = StopMatcher(["lo", "hello"])
-    assert m.feed("say hello") == ("say ", True) and m.stop_string == "hello"  # earliest position
-    m = StopMatcher(["abc", "ab"])
-    assert m.feed("xabc") == ("x", True) and m.stop_string == "abc"  # same position: first listed
-    m = StopMatcher(["xyz", "b"])
-    assert m.feed("ax") == ("a", False)
-    assert m.feed("b") == ("x", True) and m.stop_string == "b"
-
-
-def test_no_stops_passthrough():
-    m = StopMatcher([])
-    assert m.feed("abc") == ("abc", False)
-    m = StopMatcher(None)
-    assert m.feed("") == ("", False) and m.flush() == ""
-    m = StopMatcher([""])  # empty stop strings are ignored
-    assert m.feed("abc") == ("abc", False)
 
 
 def test_top_p_on_a_large_vocabulary_takes_the_top_256_shortcut_correctly():

@@ -21,16 +21,13 @@ import numpy as np
 import pytest
 
 from engine.gguf_file import GGUF, ValueType
+from engine.pretokenizer import _PRE_NAMES, _PRE_REGEXES, _compile_regex, _unicode_classes
 from engine.tokenizer import (
     ATTR_CONTROL,
     ATTR_RSTRIP,
     ATTR_USER_DEFINED,
     Tokenizer,
     TokenizerError,
-    _PRE_NAMES,
-    _PRE_REGEXES,
-    _compile_regex,
-    _unicode_classes,
 )
 
 try:
