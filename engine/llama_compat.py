@@ -21,7 +21,8 @@ Constructor arguments, by what happens to them:
   several GPUs, or offload parts that always go with their layer here): split_mode, tensor_split,
   offload_kqv, op_offload.
 * accepted and ignored because they tune llama.cpp's speed or memory, never an answer: n_ubatch,
-  n_threads_batch (one thread count serves both here), use_mmap (always mapped), use_mlock, numa,
+  n_threads_batch (one thread count serves both here), use_mmap (False copies the weights into memory,
+  as llama.cpp does, in 2 MB pages; True keeps the file's map; not given, Engine.load decides), use_mlock, numa,
   flash_attn, swa_full, no_perf, vocab_only (the weights are mapped lazily, so loading them costs
   nothing), lora_scale (meaningless without lora_path).
 * refused with a ValueError naming them unless left at the value that means "not used": kv_overrides,
@@ -164,7 +165,8 @@ class Llama:
         gpu = backend not in ("cpu", "numpy")
         self._engine = Engine.load(model_path, n_ctx=n_ctx, n_threads=n_threads, backend=backend,
                                    n_gpu_layers=n_gpu_layers if gpu and n_gpu_layers > 0 else None,
-                                   device=options.get("main_gpu") if gpu else None)
+                                   device=options.get("main_gpu") if gpu else None,
+                                   mmap=None if options.get("use_mmap") is None else bool(options["use_mmap"]))
         self.n_batch = min(self._engine.n_ctx, n_batch)
         self.n_threads = n_threads or os.cpu_count()
         self._seed = seed or LLAMA_DEFAULT_SEED

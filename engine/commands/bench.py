@@ -160,7 +160,8 @@ def main(args) -> int:
         raise SystemExit(f"error: -d/--n-depth must be 0 or more, not {args.n_depth}")
     eng = load_engine(args)
     threads = args.threads or os.cpu_count()
-    result = {"model": str(eng.gguf.path), "backend": eng.backend.name, "threads": threads,
+    weights = getattr(eng.backend, "weights", None)  # the CPU backend's: "memory" (2 MB pages) or "mapped"
+    result = {"model": str(eng.gguf.path), "backend": eng.backend.name, "weights": weights, "threads": threads,
               "n_prompt": args.n_prompt, "n_gen": args.n_gen, "n_depth": args.n_depth, "repetitions": args.repetitions}
     result.update(bench_engine(eng, args))
     if args.llama_cpp:
@@ -171,6 +172,7 @@ def main(args) -> int:
         print(json.dumps(result))
         return 0
     name = eng.gguf.path.name
+    backend = eng.backend.name + {"memory": ", in memory", "mapped": ", mmap"}.get(weights, "")
     print(f"| model | backend | threads | test | t/s | llama.cpp t/s | ratio |")
     print(f"|---|---|---|---|---|---|---|")
     for key, n in (("pp", args.n_prompt), ("tg", args.n_gen)):
@@ -181,7 +183,7 @@ def main(args) -> int:
         ref_txt = f"{ref['mean']:.2f} ± {ref['std']:.2f}" if ref else "-"
         ratio = f"{result['ratio'][key]:.2f}" if ref else "-"
         test = f"{key}{n}" + (f" @ d{args.n_depth}" if args.n_depth else "")
-        print(f"| {name} | {eng.backend.name} | {threads} | {test} | {r['mean']:.2f} ± {r['std']:.2f} | {ref_txt} "
+        print(f"| {name} | {backend} | {threads} | {test} | {r['mean']:.2f} ± {r['std']:.2f} | {ref_txt} "
               f"| {ratio} |")
     if "device" in result:
         d = result["device"]

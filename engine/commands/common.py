@@ -20,6 +20,18 @@ def add_model_args(p: argparse.ArgumentParser, model_required: bool = False):
     p.add_argument("--device", type=int, default=None, help="GPU index (see `python -m engine devices`)")
     p.add_argument("-ngl", "--n-gpu-layers", "--ngl", dest="n_gpu_layers", type=int, default=None,
                    help="layers on the GPU, the last N as llama.cpp assigns them (default: all; the rest run on the CPU)")
+    add_mmap_args(p)
+
+
+def add_mmap_args(p: argparse.ArgumentParser):
+    """llama.cpp's --mmap/--no-mmap: how the CPU holds the weights it computes with."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--mmap", dest="mmap", action="store_true", default=None,
+                   help="compute with the file's memory map (shared with other processes; a model larger than memory "
+                        "runs). Default: a copy in memory with 2 MB pages where Linux gives them and the weights take "
+                        "at most half the memory available (faster decoding), else the map")
+    g.add_argument("--no-mmap", dest="mmap", action="store_false",
+                   help="copy the weights into memory (2 MB pages where Linux gives them), as llama.cpp's --no-mmap")
 
 
 def add_pull_args(p: argparse.ArgumentParser):
@@ -75,7 +87,7 @@ def load_engine(args):
     try:
         return Engine.load(resolve_model(model_name(args), pull=args.pull), n_ctx=args.ctx_size,
                            n_threads=args.threads, backend=args.backend, n_gpu_layers=args.n_gpu_layers,
-                           device=args.device)
+                           device=args.device, mmap=getattr(args, "mmap", None))
     except (GGUFError, UnsupportedArchitecture, NotImplementedError, RefError, StoreError, KernelError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 
-from .common import add_pull_args, model_name
+from .common import add_mmap_args, add_pull_args, model_name
 
 HELP = "OpenAI-compatible HTTP server (chat, completions, models, tokenize, metrics, a chat page)"
 
@@ -64,6 +64,7 @@ def add_arguments(p):
     p.add_argument("--device", type=int, default=None, help="GPU index (see `python -m engine devices`)")
     p.add_argument("-ngl", "--n-gpu-layers", dest="n_gpu_layers", type=int, default=None,
                    help="layers on the GPU, the last N (default: all)")
+    add_mmap_args(p)
     ray = p.add_argument_group("Ray Serve (replicas on a Ray cluster; pip install 'ggufpy[ray]'; docs/ray.md)")
     ray.add_argument("--ray", action="store_true", help="deploy as a Ray Serve application on a running cluster")
     ray.add_argument("--replicas", type=int, default=None, help="replicas of the server (default 1)")
@@ -81,7 +82,7 @@ def specs_from_args(args):
             cfg = json.load(f)
         defaults = {"n_ctx": args.ctx_size, "parallel": args.parallel, "n_threads": args.threads, "pull": args.pull,
                     "backend": args.backend, "n_gpu_layers": args.n_gpu_layers, "device": args.device,
-                    "n_batch": args.batch_size, "batching": args.batching}
+                    "n_batch": args.batch_size, "batching": args.batching, "mmap": args.mmap}
         specs = [ModelSpec.from_config(e, defaults) for e in cfg.get("models", [])]
         host = host or cfg.get("host")
         port = port or cfg.get("port")
@@ -94,7 +95,7 @@ def specs_from_args(args):
         specs = [ModelSpec(path=path, alias=args.alias or (name if is_ref else Path(path).name), n_ctx=args.ctx_size,
                            parallel=args.parallel, n_threads=args.threads, chat_format=args.chat_template,
                            backend=args.backend, n_gpu_layers=args.n_gpu_layers, device=args.device,
-                           n_batch=args.batch_size, batching=args.batching)]
+                           n_batch=args.batch_size, batching=args.batching, mmap=args.mmap)]
     return specs, host or "127.0.0.1", int(port or 8080)
 
 

@@ -36,6 +36,7 @@ class ModelSpec:
     device: int | None = None           # GPU index
     n_batch: int = 512                  # tokens a batched step takes at most (llama.cpp's -b)
     batching: str = "exact"             # "exact": batch invariant; "fast": one product per step (engine/batching.py)
+    mmap: bool | None = None            # llama.cpp's --mmap/--no-mmap (config: use_mmap); None: Engine.load decides
 
     @classmethod
     def from_config(cls, entry: dict, defaults: dict) -> "ModelSpec":
@@ -52,7 +53,14 @@ class ModelSpec:
                    n_gpu_layers=entry.get("n_gpu_layers", defaults.get("n_gpu_layers")),
                    device=entry.get("main_gpu", defaults.get("device")),
                    n_batch=int(entry.get("n_batch", defaults.get("n_batch", 512))),
-                   batching=_batching(entry.get("batching", defaults.get("batching", "exact"))))
+                   batching=_batching(entry.get("batching", defaults.get("batching", "exact"))),
+                   mmap=_mmap(entry.get("use_mmap", defaults.get("mmap"))))
+
+
+def _mmap(value) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(f"use_mmap must be true or false, not {value!r}")
+    return value
 
 
 def _batching(mode) -> str:
@@ -137,7 +145,7 @@ class ModelRegistry:
 
         spec.file = str(resolve_model(spec.path, pull=spec.pull))
         first = Engine.load(spec.file, n_ctx=spec.n_ctx, n_threads=spec.n_threads or os.cpu_count(),
-                            backend=spec.backend, n_gpu_layers=spec.n_gpu_layers, device=spec.device)
+                            backend=spec.backend, n_gpu_layers=spec.n_gpu_layers, device=spec.device, mmap=spec.mmap)
         return batched_slots(first, spec.parallel, spec.n_batch, exact=spec.batching == "exact")
 
     def _unload(self, alias: str):

@@ -70,25 +70,29 @@ def _readonly(a: np.ndarray) -> np.ndarray:
 _PREPARED: "weakref.WeakKeyDictionary[QTensor, tuple]" = weakref.WeakKeyDictionary()
 
 
-def _prepared(w: QTensor, n_dims: int) -> tuple["_TypeDrivers", np.ndarray]:
+def _prepared(w: QTensor, n_dims: int, arena=None) -> tuple["_TypeDrivers", np.ndarray]:
     """(drivers, storage as a read-only (n_expert, n_out, row) array) of a weight, made once per
-    QTensor (a weak cache: it goes with the tensor)."""
+    QTensor (a weak cache: it goes with the tensor). With an `arena` (host_memory.HugePageArena: the
+    backend's weights="memory") the storage is a copy in 2 MB pages, made at the weight's first
+    product; `get_rows` passes none, so a token embedding that is only looked up stays mapped."""
     try:
         p = _PREPARED.get(w)
     except TypeError:
         p = None
-    if p is None:
+    if p is None or (arena is not None and not p[2]):
         if not isinstance(w, QTensor):
             raise KernelError(f"cpu backend: expected a QTensor weight, got {type(w).__name__}")
         if len(w.shape) != n_dims:
             raise ValueError(f"weight {w.name or ''} has shape {w.shape}, expected {n_dims} dimensions")
         d = drivers(w.qtype)  # raises KernelError for an unsupported type
-        data = _readonly(np.ascontiguousarray(w.data))
-        p = (d, data.reshape(1, *data.shape) if n_dims == 2 else data)
+        data = arena.copy(w.data) if arena is not None else _readonly(np.ascontiguousarray(w.data))
+        p = (d, data.reshape(1, *data.shape) if n_dims == 2 else data, arena is not None)
+        if _PREPARED.get(w) is not None:  # looked up (get_rows) before its first product: plans anew
+            _PLANS.pop(id(w), None)
         _PREPARED[w] = p
     elif len(w.shape) != n_dims:
         raise ValueError(f"weight {w.name or ''} has shape {w.shape}, expected {n_dims} dimensions")
-    return p
+    return p[0], p[1]
 
 
 _NO_ROWS: dict = {}
@@ -197,10 +201,11 @@ def _direct_max(path) -> int:
     return {None: DIRECT_MAX, "rows": ROWS_MAX, "tiles": 0}[path]
 
 
-def matmul(x, w: QTensor, n_threads: int, path=None, activations: str = "f32") -> np.ndarray:
+def matmul(x, w: QTensor, n_threads: int, path=None, activations: str = "f32", arena=None) -> np.ndarray:
     """y = x @ W.T for W (n_out, n_in): x (n_tok, n_in) -> (n_tok, n_out), x (n_in,) -> (n_out,).
     `path`: how the tokens are grouped (PATHS); `activations`: "llama.cpp" rounds x as llama.cpp does
-    (int8 blocks and integer dot products where the type has them), "f32" keeps it exact."""
+    (int8 blocks and integer dot products where the type has them), "f32" keeps it exact. `arena`: where
+    the weight's bytes are copied at its first product (`_prepared`), None to read them where they are."""
     x = np.asarray(x, dtype=np.float32)
     n_tok = x.shape[0] if x.ndim == 2 else 1
     if n_tok <= PLANNED_MAX_TOKENS:
@@ -208,9 +213,9 @@ def matmul(x, w: QTensor, n_threads: int, path=None, activations: str = "f32") -
         plans = _plans_of(w)
         plan = plans.get(key)
         if plan is None:
-            plan = plans[key] = _MatmulPlan(w, n_tok, path, activations, n_threads)
+            plan = plans[key] = _MatmulPlan(w, n_tok, path, activations, n_threads, arena)
     else:  # a prompt chunk: planning is nothing beside the product, and lengths vary without bound
-        plan = _MatmulPlan(w, n_tok, path, activations, n_threads)
+        plan = _MatmulPlan(w, n_tok, path, activations, n_threads, arena)
     if x.ndim not in (1, 2) or x.shape[-1] != plan.n_in:
         raise ValueError(f"matmul: x has shape {x.shape}, weight {w.name or ''} expects (..., {plan.n_in})")
     x2 = x.reshape(n_tok, plan.n_in)
@@ -233,8 +238,8 @@ class _MatmulPlan:
     """What a plain product of a weight with n_tok tokens passes to its driver, worked out once: a
     decode token makes ~120 products, and working these out each time cost ~5 us a product."""
 
-    def __init__(self, w: QTensor, n_tok: int, path, activations: str, n_threads: int):
-        d, self.w3 = _prepared(w, 2)
+    def __init__(self, w: QTensor, n_tok: int, path, activations: str, n_threads: int, arena=None):
+        d, self.w3 = _prepared(w, 2, arena)
         self.n_out, self.n_in = w.shape
         self.g_exp, self.g_off, self.members, self.direct_max, tiled = _plain_groups(n_tok, path)
         rounded, floats = _modes(w, activations, tiled)
@@ -281,12 +286,14 @@ def _plain_groups(n_tok: int, path):
     return v
 
 
-def matmul_experts(x, w: QTensor, ids, n_threads: int, path=None, activations: str = "f32") -> np.ndarray:
+def matmul_experts(x, w: QTensor, ids, n_threads: int, path=None, activations: str = "f32",
+                   arena=None) -> np.ndarray:
     """x (n_tok, n_in) shared by the chosen experts or (n_tok, n_used, n_in); W (n_expert, n_out, n_in);
     ids (n_tok, n_used) -> (n_tok, n_used, n_out). Only the chosen experts' rows are read: the
     (token, slot) pairs are grouped by expert and every group is one set of work items of a single
-    parallel call (the groups ordered so that the threads' shares cost alike: `_balanced`)."""
-    d, data = _prepared(w, 3)
+    parallel call (the groups ordered so that the threads' shares cost alike: `_balanced`). `arena`: as
+    `matmul`'s."""
+    d, data = _prepared(w, 3, arena)
     n_expert, n_out, n_in = w.shape
     ids = np.asarray(ids)
     if ids.ndim != 2 or ids.dtype.kind not in "iu":
