@@ -243,7 +243,7 @@ def test_build_app_takes_the_serve_config_file(tmp_path, smollm2_path):
     `serve --config` (by path), the replica options and limits beside it."""
     cfg = tmp_path / "models.json"
     cfg.write_text(json.dumps({"host": "0.0.0.0", "port": 9, "models": [
-        {"model": str(smollm2_path), "model_alias": "smol", "parallel": 3, "backend": "cpu"},
+        {"model": str(smollm2_path), "model_alias": "smol", "parallel": 3, "backend": "cpu", "use_mmap": False},
         {"model": "hf://org/repo:Q4_K_M", "model_alias": "other"}]}))
     keys = tmp_path / "keys"
     keys.write_text("# ours\nk1\n")
@@ -253,12 +253,13 @@ def test_build_app_takes_the_serve_config_file(tmp_path, smollm2_path):
     specs, api_keys, limits, _ = d.init_args
     assert [(s["alias"], s["path"], s["n_ctx"], s["parallel"]) for s in specs] == [
         ("smol", str(smollm2_path), 2048, 3), ("other", "hf://org/repo:Q4_K_M", 2048, 1)]
+    assert [s["mmap"] for s in specs] == [False, None]  # llama-cpp-python's use_mmap, per model
     assert api_keys == ["k1"] and limits["max_queue"] == 5 and limits["max_body_bytes"] == 2**20
     assert d.max_ongoing_requests == 6 and d.max_queued_requests == 5 and d.ray_actor_options == {"num_cpus": 1.0}
     a = d._deployment_config.autoscaling_config
     assert (a.min_replicas, a.max_replicas) == (1, 3)
-    two = ray_serve.build_app({"models": [{"model": str(smollm2_path)}], "replicas": 2})
-    assert two._bound_deployment.num_replicas == 2
+    two = ray_serve.build_app({"models": [{"model": str(smollm2_path)}], "replicas": 2, "use_mmap": True})
+    assert two._bound_deployment.num_replicas == 2 and two._bound_deployment.init_args[0][0]["mmap"] is True
     with pytest.raises(ValueError, match="no model"):
         ray_serve.build_app({"replicas": 2})
 

@@ -189,6 +189,8 @@ def build_app(args: dict):
             args = {**json.load(f), **args}
     defaults = {k: args[k] for k in ("n_ctx", "parallel", "n_threads", "pull", "backend", "n_gpu_layers", "n_batch", "batching")
                 if k in args}
+    if "use_mmap" in args:  # llama-cpp-python's name, as in a model entry
+        defaults["mmap"] = args["use_mmap"]
     specs = [for_replicas(ModelSpec.from_config(e, defaults)) for e in args.get("models", [])]
     if not specs:
         raise ValueError("build_app: no model to serve (args need 'models' or 'config')")
@@ -230,6 +232,7 @@ def specs_for_ray(args, specs_from_args) -> tuple[list[dict], str, int]:
         kw["n_batch"] = args.batch_size  # -b, where the server batches
     if getattr(args, "batching", None):
         kw["batching"] = args.batching
+    kw["mmap"] = getattr(args, "mmap", None)
     spec = ModelSpec(**kw)
     return [for_replicas(spec)], args.host or "127.0.0.1", int(args.port or 8080)
 
