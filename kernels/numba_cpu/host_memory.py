@@ -78,14 +78,3 @@ class HugePageArena:
             pass
         return buf[skip:skip + size]
 
-
-def anon_huge_bytes() -> int:
-    """This process's memory in transparent huge pages (AnonHugePages), 0 where Linux does not say."""
-    try:
-        with open("/proc/self/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("AnonHugePages:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
