@@ -69,6 +69,8 @@ class HugePageArena:
         """`size` bytes of fresh anonymous memory starting on a 2 MB boundary (a mapping is only
         page-aligned; THP maps a 2 MB page only over an aligned 2 MB range), advised MADV_HUGEPAGE."""
         size = -(-size // PAGE) * PAGE
+        if not hasattr(mmap, "MAP_ANONYMOUS"):  # Windows: plain memory (`--no-mmap` there copies, no more)
+            return np.empty(size, np.uint8)
         m = mmap.mmap(-1, size + PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         buf = np.frombuffer(m, np.uint8)
         skip = -buf.ctypes.data % PAGE
