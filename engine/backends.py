@@ -113,8 +113,6 @@ def cpu_weights(gguf, mmap: bool | None = None) -> str:
     which also lets a model larger than memory run, as llama.cpp's default does)."""
     if mmap is not None:
         return "mapped" if mmap else "memory"
-    from kernels.numba_cpu.host_memory import hugepages_available
-
     from .gguf_file import _available_memory
 
     return "memory" if hugepages_available() and 2 * gguf.nbytes <= _available_memory() else "mapped"
@@ -174,3 +172,19 @@ def print_devices(file=sys.stdout) -> None:
         mem = _gib(d["memory"]) if d.get("memory") else "?"
         print(f"{d['backend']:8s} {d['index']:>5d}  {d['kind']:5s} {mem:>10s}  {d['name']} ({d.get('platform', '')})",
               file=file)
+
+
+def hugepages_available() -> bool:
+    """Whether this kernel gives anonymous memory advised MADV_HUGEPAGE huge pages (THP "always" or
+    "madvise"; not "never", not other platforms). Here, not in kernels/numba_cpu/host_memory.py: asking
+    must not import the Numba backend where a GPU runs everything."""
+    import mmap
+
+    if not hasattr(mmap, "MADV_HUGEPAGE"):
+        return False
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            mode = f.read()
+    except OSError:
+        return False
+    return "[always]" in mode or "[madvise]" in mode

@@ -131,13 +131,14 @@ class Engine:
         from .backends import cpu_weights, host_backend, open_backend, plan_offload
         from .models import load_model
 
-        be = open_backend(backend, n_threads, device, cpu={"weights": cpu_weights(g, mmap)}, **backend_kwargs)
+        weights = cpu_weights(g, mmap)  # the CPU backend's, where one computes
+        be = open_backend(backend, n_threads, device, cpu={"weights": weights}, **backend_kwargs)
         if not getattr(be, "is_device", False):
             return be, load_model(g, be)
         n_layer = int(g.require(f"{g.arch}.block_count"))
         plan_offload(g, be, n_layer, n_gpu_layers, _kv_bytes_per_layer(g, n_ctx))
         partial = n_gpu_layers is not None and 0 <= n_gpu_layers <= n_layer
-        host = host_backend(n_threads, weights=cpu_weights(g, mmap), **backend_kwargs) if partial else None
+        host = host_backend(n_threads, weights=weights, **backend_kwargs) if partial else None
         model = load_model(g, be, n_gpu_layers, host)
         model.forward([0], model.new_cache(1))  # builds and runs every decode kernel now, not mid-answer
         return be, model

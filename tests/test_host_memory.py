@@ -10,7 +10,7 @@ from engine import backends
 from engine.commands.common import add_mmap_args
 from engine.engine import Engine
 from engine.server.registry import ModelSpec
-from kernels.numba_cpu import NumbaBackend, host_memory
+from kernels.numba_cpu import NumbaBackend
 from kernels.numba_cpu.host_memory import ALIGN, PAGE, HugePageArena
 
 
@@ -41,13 +41,13 @@ def test_cpu_weights_follows_mmap_and_otherwise_the_memory_and_the_kernel(monkey
 
     g = GGUF.open(smollm2_path)
     assert backends.cpu_weights(g, True) == "mapped" and backends.cpu_weights(g, False) == "memory"
-    monkeypatch.setattr(host_memory, "hugepages_available", lambda: True)
+    monkeypatch.setattr(backends, "hugepages_available", lambda: True)
     monkeypatch.setattr("engine.gguf_file._available_memory", lambda: 2 * g.nbytes)
     assert backends.cpu_weights(g) == "memory"
     monkeypatch.setattr("engine.gguf_file._available_memory", lambda: 2 * g.nbytes - 1)  # more than half
     assert backends.cpu_weights(g) == "mapped"
     monkeypatch.setattr("engine.gguf_file._available_memory", lambda: 1 << 50)
-    monkeypatch.setattr(host_memory, "hugepages_available", lambda: False)  # THP "never", macOS, ...
+    monkeypatch.setattr(backends, "hugepages_available", lambda: False)  # THP "never", macOS, ...
     assert backends.cpu_weights(g) == "mapped"
 
 

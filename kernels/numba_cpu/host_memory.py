@@ -10,9 +10,9 @@ prompt 7-12% faster; the same copy without the advice (4 KB pages) gained nothin
 The file's own mapping cannot have them here: ext4 page cache is not mapped with 2 MB pages, and
 MADV_COLLAPSE refuses a read-only file mapping.
 
-The copy costs what llama.cpp's `--no-mmap` costs: the bytes are read once at load, and processes
-no longer share the file's page cache pages. So `Engine.load` makes it (`weights_in_memory`) only
-where the kernel hands out huge pages and the weights fit in the memory available with room to
+The copy costs what llama.cpp's `--no-mmap` costs: the bytes are read once more, and processes
+no longer share the file's page cache pages. So `Engine.load` makes it (engine.backends.cpu_weights)
+only where the kernel hands out huge pages and the weights fit in the memory available with room to
 spare, and `--mmap` / `--no-mmap` (llama.cpp's flags) decide it outright.
 """
 
@@ -25,19 +25,6 @@ import numpy as np
 PAGE = 2 << 20        # the huge page size on x86-64 and most arm64 kernels
 CHUNK = 64 << 20      # memory reserved at a time; untouched parts of a chunk cost no memory
 ALIGN = 64            # each tensor starts on a cache line, as ggml aligns tensor data (GGUF's default is 32)
-
-
-def hugepages_available() -> bool:
-    """Whether this kernel gives anonymous memory advised MADV_HUGEPAGE huge pages (THP "always" or
-    "madvise"; not "never", not other platforms)."""
-    if not hasattr(mmap, "MADV_HUGEPAGE"):
-        return False
-    try:
-        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-            mode = f.read()
-    except OSError:
-        return False
-    return "[always]" in mode or "[madvise]" in mode
 
 
 class HugePageArena:
@@ -53,7 +40,6 @@ class HugePageArena:
         self._free = None       # the current chunk's unused part (a uint8 array)
 
     def copy(self, a: np.ndarray) -> np.ndarray:
-        a = np.ascontiguousarray(a)
         n = a.nbytes
         if self._free is None or n > len(self._free):
             self._free = self._reserve(max(self.chunk, n))
