@@ -27,6 +27,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -42,33 +43,45 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_ready(base: str, proc, timeout: float = 180):
+def wait_ready(base: str, proc, timeout: float = 180, log=None):
+    """Wait until the server at `base` answers /v1/models. RuntimeError if it exits first, with the last
+    lines it wrote to `log` (a file opened for reading and writing), or if it is not up in `timeout` s."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
+            raise RuntimeError(f"server exited with {proc.returncode}{_tail(log)}")
         try:
             with urllib.request.urlopen(base + "/v1/models", timeout=5) as r:
                 if r.status == 200:
                     return
         except OSError:
             time.sleep(0.3)
-    raise RuntimeError("server not ready")
+    raise RuntimeError(f"server not ready in {timeout:.0f} s{_tail(log)}")
+
+
+def _tail(log, n: int = 12) -> str:
+    if log is None:
+        return ""
+    log.seek(0)
+    lines = log.read().decode(errors="replace").strip().splitlines()[-n:]
+    return (":\n  " + "\n  ".join(lines)) if lines else ""
 
 
 @contextlib.contextmanager
 def started(cmd: list[str]):
-    """A server from `cmd` on a free port, ready; its base URL. Stopped on leaving."""
+    """A server from `cmd` on a free port, ready; its base URL. Stopped on leaving. One that exits
+    before it is ready raises RuntimeError with the end of its stderr (llama-cpp-python's server
+    without the `[bench]` extra: a ModuleNotFoundError; --no-reference skips it)."""
     port = free_port()
-    proc = subprocess.Popen(cmd + ["--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base, proc)
-        yield base
-    finally:
-        proc.terminate()
-        proc.wait(20)
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(cmd + ["--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(base, proc, log=log)
+            yield base
+        finally:
+            proc.terminate()
+            proc.wait(20)
 
 
 def chat(base: str, model: str, i: int, max_tokens: int, usage: dict | None = None,

@@ -47,6 +47,16 @@ def test_a_plain_body_and_a_refusal():
         bench_server.sse_events(b"HTTP/1.1 503 Busy\r\n\r\n{}", [(22, 0.1)])
 
 
+def test_a_server_that_exits_says_why():
+    """A server that dies before it is ready (llama-cpp-python's without its extra: ModuleNotFoundError)
+    is reported with the end of its stderr, not only its exit code."""
+    cmd = [sys.executable, "-c", "import sys; print('starting', file=sys.stderr); "
+           "sys.exit(\"ModuleNotFoundError: No module named 'sse_starlette'\")"]
+    with pytest.raises(RuntimeError, match=r"exited with 1:\n  starting\n  ModuleNotFoundError: No module named"):
+        with bench_server.started(cmd):
+            pass
+
+
 def test_a_real_stream_is_counted_and_timed(tmp_path):
     srv = LiveServer("-m", str(tiny_model(tmp_path / "tiny.gguf")), "--alias", "tiny")
     try:
