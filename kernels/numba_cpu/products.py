@@ -86,9 +86,9 @@ def _prepared(w: QTensor, n_dims: int, arena=None) -> tuple["_TypeDrivers", np.n
             raise ValueError(f"weight {w.name or ''} has shape {w.shape}, expected {n_dims} dimensions")
         d = drivers(w.qtype)  # raises KernelError for an unsupported type
         data = arena.copy(w.data) if arena is not None else _readonly(np.ascontiguousarray(w.data))
-        p = (d, data.reshape(1, *data.shape) if n_dims == 2 else data, arena is not None)
         if p is not None:  # looked up (get_rows) before its first product: plans anew
             _PLANS.pop(id(w), None)
+        p = (d, data.reshape(1, *data.shape) if n_dims == 2 else data, arena is not None)
         _PREPARED[w] = p
     elif len(w.shape) != n_dims:
         raise ValueError(f"weight {w.name or ''} has shape {w.shape}, expected {n_dims} dimensions")
