@@ -82,3 +82,14 @@ def test_the_tg_probe_measures_on_each_line(tmp_path):
     assert lines[0] == "ready"
     runs = [json.loads(line) for line in lines[1:]]
     assert [r["depth"] for r in runs] == [0, 5] and all(r["tg"] > 0 for r in runs)
+
+
+def test_stream_costs_measures_each_server(capsys):
+    """benchmarks/stream_costs.py: every server streams exactly the tokens asked (else it raises), and each
+    row of the table has the three costs."""
+    import stream_costs
+    assert stream_costs.main(["--tokens", "6", "--rounds", "1", "--interval", "1"]) == 0
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ") and not ln.startswith("| server")]
+    assert [r.split("|")[1].strip() for r in rows] == list(stream_costs.MODES)
+    for r in rows:
+        assert all(float(c) >= 0 for c in r.split("|")[2:5])

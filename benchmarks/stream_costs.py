@@ -1,0 +1,206 @@
+"""What one streamed token costs a serving process beside the forward pass, with no model at all.
+
+    python benchmarks/stream_costs.py [--tokens 128] [--rounds 5] [--interval 8]
+
+A lone stream on a small machine runs its forward passes on every core, so whatever else a token costs
+(the event loop's wake-up, its Python, the socket write, the client's read) is taken from the passes.
+This measures that cost alone: a server whose "model" is a thread handing over one token every
+`--interval` ms (a decode step's time), streamed as OpenAI chunks over uvicorn (httptools, uvloop where
+installed: what `engine serve` runs), read by benchmarks/bench_server.py's client. Three servers:
+
+* `asgi`: a bare ASGI app -- the thread hands each token to the event loop (`call_soon_threadsafe`
+  into an asyncio.Queue), which formats the chunk and sends it: the floor of any ASGI server's stream.
+* `fastapi`: the same through FastAPI's StreamingResponse (Starlette's middleware stack around `send`).
+* `direct`: the thread formats the chunk and writes the socket itself; the event loop only starts and
+  ends the response. Not how a server can work in general (no TLS, no flow control): the cost of the
+  write and the formatting without any event-loop wake-up, for comparison.
+
+Per token, medians of the rounds: CPU of the event loop's thread (/proc schedstat), of the producing
+thread after its wake-up (formatting and hand-over or write), and of the client process.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_server  # noqa: E402
+
+MODES = ("asgi", "fastapi", "direct")
+_PRODUCER_NS = [0, 0]  # CPU ns and tokens of the producing threads since the last report (server side)
+
+
+def _chunk(text: str) -> bytes:
+    obj = {"id": "chatcmpl-" + "0" * 24, "object": "chat.completion.chunk", "created": 1, "model": "m",
+           "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None, "logprobs": None}]}
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
+
+
+def _tail(n: int) -> bytes:
+    return b'data: {"choices": [], "usage": {"completion_tokens": %d}}\n\ndata: [DONE]\n\n' % n
+
+
+def _produce(n: int, interval: float, emit):
+    """n tokens, one every `interval` s: `emit(text)` after each wake-up, its CPU counted."""
+    for _ in range(n):
+        time.sleep(interval)
+        c0 = time.thread_time_ns()
+        emit("tok")
+        _PRODUCER_NS[0] += time.thread_time_ns() - c0
+        _PRODUCER_NS[1] += 1
+
+
+async def _request(receive) -> dict:
+    body = b""
+    while True:
+        m = await receive()
+        body += m.get("body", b"")
+        if not m.get("more_body"):
+            return json.loads(body or b"{}")
+
+
+def _serve(mode: str, port: int, interval: float) -> None:
+    import uvicorn
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class Protocol(HttpToolsProtocol):  # hands the app its connection's transport (the `direct` mode)
+        def on_headers_complete(self):
+            super().on_headers_complete()
+            self.scope.setdefault("extensions", {})["transport"] = self.transport
+
+    def report() -> bytes:  # the producers' CPU per token since the last report
+        ns, n = _PRODUCER_NS
+        _PRODUCER_NS[:] = [0, 0]
+        return json.dumps({"producer_us": ns / max(n, 1) / 1e3}).encode()
+
+    async def asgi(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        n = int((await _request(receive)).get("max_tokens", 0))
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        if n == 0:
+            return await send({"type": "http.response.body", "body": report()})
+        loop, q = asyncio.get_running_loop(), asyncio.Queue()
+        if mode == "direct":
+            transport = scope["extensions"]["transport"]
+            fd = os.dup(transport.get_extra_info("socket").fileno())  # (the write buffer is empty: nothing queued)
+            done = loop.create_future()
+
+            def write(text):
+                b = _chunk(text)
+                os.write(fd, b"%x\r\n%s\r\n" % (len(b), b))
+
+            def run():
+                try:
+                    _produce(n, interval, write)
+                finally:
+                    os.close(fd)
+                    loop.call_soon_threadsafe(done.set_result, None)
+            threading.Thread(target=run, daemon=True).start()
+            await done
+        else:
+            threading.Thread(target=_produce, args=(n, interval, lambda t: loop.call_soon_threadsafe(q.put_nowait, t)),
+                             daemon=True).start()
+            for _ in range(n):
+                await send({"type": "http.response.body", "body": _chunk(await q.get()), "more_body": True})
+        await send({"type": "http.response.body", "body": _tail(n)})
+
+    app = asgi
+    if mode == "fastapi":
+        from fastapi import FastAPI, Request
+        from fastapi.responses import Response, StreamingResponse
+        app = FastAPI()
+
+        @app.post("/v1/chat/completions")
+        async def chat(request: Request):
+            n = int((await request.json()).get("max_tokens", 0))
+            if n == 0:
+                return Response(report(), media_type="application/json")
+            loop, q = asyncio.get_running_loop(), asyncio.Queue()
+            threading.Thread(target=_produce, args=(n, interval, lambda t: loop.call_soon_threadsafe(q.put_nowait, t)),
+                             daemon=True).start()
+
+            async def events():
+                for _ in range(n):
+                    yield _chunk(await q.get())
+                yield _tail(n)
+            return StreamingResponse(events(), media_type="text/event-stream")
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", http=Protocol, lifespan="off")
+
+
+def _thread_cpu_ns(pid: int) -> int:
+    with open(f"/proc/{pid}/task/{pid}/schedstat") as f:  # the main thread: uvicorn's event loop
+        return int(f.read().split()[0])
+
+
+def _producer_us(base: str) -> float:
+    with urllib_request(base) as r:
+        raw = r.read()
+    return json.loads(raw[raw.index(b"{"):])["producer_us"]
+
+
+def urllib_request(base: str):
+    import urllib.request
+    return urllib.request.urlopen(urllib.request.Request(base + "/v1/chat/completions", b'{"max_tokens": 0}',
+                                                         {"Content-Type": "application/json"}), timeout=30)
+
+
+def measure(mode: str, tokens: int, rounds: int, interval_ms: float) -> dict:
+    port = bench_server.free_port()
+    cmd = [sys.executable, __file__, "--serve", mode, str(port), str(interval_ms)]
+    with subprocess.Popen(cmd) as proc:
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    _producer_us(base)
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"the {mode} server did not start ({proc.poll()})") from None
+                    time.sleep(0.1)
+            bench_server.chat(base, "m", 0, 4)
+            _producer_us(base)
+            loop, prod, client = [], [], []
+            for _ in range(rounds):
+                l0, c0 = _thread_cpu_ns(proc.pid), time.process_time()
+                n = bench_server.chat(base, "m", 0, tokens)[2]
+                if n != tokens:
+                    raise RuntimeError(f"the {mode} server streamed {n} tokens, not {tokens}")
+                loop.append((_thread_cpu_ns(proc.pid) - l0) / n / 1e3)
+                client.append((time.process_time() - c0) / n * 1e6)
+                prod.append(_producer_us(base))
+        finally:
+            proc.terminate()
+    return {"mode": mode, "loop_us": statistics.median(loop), "producer_us": statistics.median(prod),
+            "client_us": statistics.median(client)}
+
+
+def main(argv=None) -> int:
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--serve":
+        _serve(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]) / 1e3)
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tokens", type=int, default=128, help="tokens a stream (default 128)")
+    ap.add_argument("--rounds", type=int, default=5, help="streams per server (default 5; medians)")
+    ap.add_argument("--interval", type=float, default=8.0, help="ms between tokens (default 8: a SmolLM2 step)")
+    ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    args = ap.parse_args(argv)
+    print("| server | event loop us/token | producing thread us/token | client us/token |\n|---|---|---|---|")
+    for mode in args.modes:
+        r = measure(mode, args.tokens, args.rounds, args.interval)
+        print(f"| {mode} | {r['loop_us']:.0f} | {r['producer_us']:.0f} | {r['client_us']:.0f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
