@@ -24,10 +24,10 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -59,6 +59,7 @@ def _produce(n: int, interval: float, emit):
 
 
 async def _request(receive) -> dict:
+    """The request's JSON body ({} for none: GET /v1/models, which bench_server.started polls)."""
     body = b""
     while True:
         m = await receive()
@@ -76,10 +77,10 @@ def _serve(mode: str, port: int, interval: float) -> None:
             super().on_headers_complete()
             self.scope.setdefault("extensions", {})["transport"] = self.transport
 
-    def report() -> bytes:  # the producers' CPU per token since the last report
+    def report() -> bytes:  # the producers' CPU per token since the last report, and where to read the loop's
         ns, n = _PRODUCER_NS
         _PRODUCER_NS[:] = [0, 0]
-        return json.dumps({"producer_us": ns / max(n, 1) / 1e3}).encode()
+        return json.dumps({"producer_us": ns / max(n, 1) / 1e3, "pid": os.getpid()}).encode()
 
     async def asgi(scope, receive, send):
         if scope["type"] != "http":
@@ -119,6 +120,10 @@ def _serve(mode: str, port: int, interval: float) -> None:
         from fastapi.responses import Response, StreamingResponse
         app = FastAPI()
 
+        @app.get("/v1/models")
+        async def models():
+            return {"data": []}
+
         @app.post("/v1/chat/completions")
         async def chat(request: Request):
             n = int((await request.json()).get("max_tokens", 0))
@@ -141,60 +146,44 @@ def _thread_cpu_ns(pid: int) -> int:
         return int(f.read().split()[0])
 
 
-def _producer_us(base: str) -> float:
-    with urllib_request(base) as r:
-        raw = r.read()
-    return json.loads(raw[raw.index(b"{"):])["producer_us"]
-
-
-def urllib_request(base: str):
-    import urllib.request
-    return urllib.request.urlopen(urllib.request.Request(base + "/v1/chat/completions", b'{"max_tokens": 0}',
-                                                         {"Content-Type": "application/json"}), timeout=30)
+def _report(base: str) -> dict:
+    """The server's producing threads' CPU per token since the last report, and its pid (a request of 0
+    tokens)."""
+    req = urllib.request.Request(base + "/v1/chat/completions", b'{"max_tokens": 0}',
+                                 {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
 
 
 def measure(mode: str, tokens: int, rounds: int, interval_ms: float) -> dict:
-    port = bench_server.free_port()
-    cmd = [sys.executable, __file__, "--serve", mode, str(port), str(interval_ms)]
-    with subprocess.Popen(cmd) as proc:
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    _producer_us(base)
-                    break
-                except OSError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"the {mode} server did not start ({proc.poll()})") from None
-                    time.sleep(0.1)
-            bench_server.chat(base, "m", 0, 4)
-            _producer_us(base)
-            loop, prod, client = [], [], []
-            for _ in range(rounds):
-                l0, c0 = _thread_cpu_ns(proc.pid), time.process_time()
-                n = bench_server.chat(base, "m", 0, tokens)[2]
-                if n != tokens:
-                    raise RuntimeError(f"the {mode} server streamed {n} tokens, not {tokens}")
-                loop.append((_thread_cpu_ns(proc.pid) - l0) / n / 1e3)
-                client.append((time.process_time() - c0) / n * 1e6)
-                prod.append(_producer_us(base))
-        finally:
-            proc.terminate()
+    with bench_server.started([sys.executable, __file__, "--serve", mode, "--interval", str(interval_ms)]) as base:
+        bench_server.chat(base, "m", 0, 4)
+        pid = _report(base)["pid"]
+        loop, prod, client = [], [], []
+        for _ in range(rounds):
+            l0, c0 = _thread_cpu_ns(pid), time.process_time()
+            n = bench_server.chat(base, "m", 0, tokens)[2]
+            if n != tokens:
+                raise RuntimeError(f"the {mode} server streamed {n} tokens, not {tokens}")
+            loop.append((_thread_cpu_ns(pid) - l0) / n / 1e3)
+            client.append((time.process_time() - c0) / n * 1e6)
+            prod.append(_report(base)["producer_us"])
     return {"mode": mode, "loop_us": statistics.median(loop), "producer_us": statistics.median(prod),
             "client_us": statistics.median(client)}
 
 
 def main(argv=None) -> int:
-    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--serve":
-        _serve(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]) / 1e3)
-        return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--serve", choices=MODES, help=argparse.SUPPRESS)  # (a server of `measure`'s)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--tokens", type=int, default=128, help="tokens a stream (default 128)")
     ap.add_argument("--rounds", type=int, default=5, help="streams per server (default 5; medians)")
     ap.add_argument("--interval", type=float, default=8.0, help="ms between tokens (default 8: a SmolLM2 step)")
     ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     args = ap.parse_args(argv)
+    if args.serve:
+        _serve(args.serve, args.port, args.interval / 1e3)
+        return 0
     print("| server | event loop us/token | producing thread us/token | client us/token |\n|---|---|---|---|")
     for mode in args.modes:
         r = measure(mode, args.tokens, args.rounds, args.interval)
