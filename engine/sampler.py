@@ -242,7 +242,8 @@ def _apply_penalties(c: _Candidates, window: Sequence[int], repeat: float, freq:
     count = cnts[pos[hit]].astype(np.float32)
     logit = c.logits[hit]
     r = np.float32(repeat)
-    logit = np.where(logit <= 0, logit * r, logit / r).astype(np.float32)
+    with np.errstate(divide="ignore"):  # repeat 0: a positive logit becomes +inf, as in llama.cpp's C
+        logit = np.where(logit <= 0, logit * r, logit / r).astype(np.float32)
     logit = logit - (count * np.float32(freq) + np.float32(present) * (count > 0).astype(np.float32))
     c.logits[hit] = logit.astype(np.float32)
     c.sorted = False

@@ -190,7 +190,8 @@ def _draw_with_candidates(l, chain, logits: np.ndarray):
 @pytest.mark.parametrize("kw", [dict(), dict(top_k=100, top_p=0.8, min_p=0.02, temperature=1.3, min_keep=3),
                                 dict(top_k=40, top_p=0.5, min_p=0.1, temperature=0.0),
                                 dict(top_k=64, top_p=1.0, min_p=0.0),
-                                dict(repeat_penalty=1.3, frequency_penalty=0.3, presence_penalty=0.2, penalty_last_n=16)])
+                                dict(repeat_penalty=1.3, frequency_penalty=0.3, presence_penalty=0.2, penalty_last_n=16),
+                                dict(repeat_penalty=0.0, penalty_last_n=16)])  # positive logits / 0: +inf
 @pytest.mark.parametrize("compiled", [True, False])
 def test_the_usual_chain_gives_llama_cpps_candidates_and_probabilities(llama_cpp, kw, compiled):
     """(penalties,) top-k, top-p, min-p, temperature and the draw (the defaults most requests use) on a 49k

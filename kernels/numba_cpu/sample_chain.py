@@ -32,7 +32,7 @@ TOP_K, TOP_P, MIN_P, TEMPERATURE = 0, 1, 2, 3   # step codes of `top_k_chain`
 EXP, LOG, LOG2 = 0, 1, 2                          # functions of `c_math_into`
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def c_math_into(x, out, fn):
     """out[i] = expf / logf / log2f (fn) of x[i], float32, the C library's."""
     for i in range(x.shape[0]):
@@ -67,7 +67,7 @@ def log2f(x) -> np.ndarray:
     return _c_math(x, LOG2)
 
 
-@njit(inline="always")
+@njit(inline="always", error_model="numpy")
 def _softmax_sorted(lg, n, p):
     """llama_sampler_softmax_impl on candidates sorted by logit: p = expf(l - l[0]) / their float sum."""
     m = lg[0]
@@ -79,7 +79,7 @@ def _softmax_sorted(lg, n, p):
         p[i] = p[i] / s
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _penalized(logits, window, penalties):
     """_apply_penalties: a copy of the logits with each token of the window (int64, any order) penalized
     once, by its count: divided by (positive) or multiplied by (not) the repeat penalty, then less
@@ -101,7 +101,7 @@ def _penalized(logits, window, penalties):
     return x
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def top_k_chain(logits, k, codes, values, min_keep, rnd, ids, p, window, penalties):
     """The top k of `logits` (float32), then steps codes[i] with values[i] in order, then the draw;
     with a non-empty `window` (the penalty window's tokens), the penalties [repeat, frequency,
