@@ -372,7 +372,8 @@ def test_top_k_first_paths_are_the_general_path(kind):
     and generator state as the general path, ties at the cut going to the lower ids, -inf entries kept
     in id order, NaNs and an all -inf vocabulary left to the NumPy path (with the draw already taken).
     The repetition penalties before top_k run in the compiled call too, on a copy of the logits, and so
-    does a logit_bias (ignore_eos's bans), added to a copy of the logits first."""
+    does a logit_bias (ignore_eos's bans): added to the logits for the call and taken off again after,
+    the caller's logits left bit for bit as they were (a copy where they are read-only)."""
     r = np.random.default_rng(11)
     n = {"small": 20, "big": 49_152}.get(kind, 5000)
     for trial in range(8 if kind == "big" else 20):
@@ -397,7 +398,9 @@ def test_top_k_first_paths_are_the_general_path(kind):
                        SamplerParams(seed=trial, repeat_penalty=0.7, penalty_last_n=-1, top_k=8, min_p=0.0),
                        SamplerParams(seed=trial, logit_bias=bias),
                        SamplerParams(seed=trial, logit_bias=bias, repeat_penalty=1.2, top_k=20, temperature=1.3)):
-            compiled, numpy_first, general = Sampler(params), Sampler(params), Sampler(params)
+            compiled, numpy_first, general, frozen = Sampler(params), Sampler(params), Sampler(params), Sampler(params)
+            before, read_only = x.tobytes(), x.copy()
+            read_only.flags.writeable = False
             assert compiled._steps is not None and (compiled._lead is not None or params.repeat_penalty != 1.0)
             numpy_first._steps = None
             general._lead = general._steps = general._bias = None  # the bias added candidate by candidate
@@ -405,8 +408,9 @@ def test_top_k_first_paths_are_the_general_path(kind):
             hist = [top[0], 3, top[1], top[0], n + 7, top[2], top[0], 5, top[3]] * 9  # repeats, one id past the vocab
             for _ in range(3):
                 a, b, c = compiled.sample(x, hist), numpy_first.sample(x, hist), general.sample(x, hist)
-                assert a == b == c
-                for s in (numpy_first, general):
+                assert a == b == c == frozen.sample(read_only, hist)
+                assert x.tobytes() == before
+                for s in (numpy_first, general, frozen):
                     np.testing.assert_array_equal(compiled.candidates[0], s.candidates[0])
                     assert compiled.candidates[1].view(np.uint32).tolist() == s.candidates[1].view(np.uint32).tolist()
             assert compiled._rng.u32() == general._rng.u32()
