@@ -360,8 +360,9 @@ def create_app(registry: ModelRegistry, api_key: str | list[str] | APIKeys | Non
                 adm.release()
         return release
 
-    async def begin(m, make_iter, prompt: list[int] | None = None) -> Job:
-        """The Job of a generation once admitted; cancelled with a 504 past --request-timeout."""
+    async def begin(m, make_iter, prompt: list[int] | None = None, stream: bool = True) -> Job:
+        """The Job of a generation once admitted; cancelled with a 504 past --request-timeout. Not
+        `stream`ed: only the finished completions come to the event loop (Job's final_only)."""
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + limits.request_timeout if limits.request_timeout > 0 else None
         release = await admitted(m, deadline)
@@ -379,7 +380,7 @@ def create_app(registry: ModelRegistry, api_key: str | list[str] | APIKeys | Non
             finally:
                 loop.call_soon_threadsafe(finished)
 
-        job = Job(m, guarded, buffer=limits.stream_buffer, prompt=prompt)
+        job = Job(m, guarded, buffer=limits.stream_buffer, prompt=prompt, final_only=not stream)
         try:
             files.hold(m, job)
             await job.start()
@@ -434,7 +435,7 @@ def create_app(registry: ModelRegistry, api_key: str | list[str] | APIKeys | Non
         m = await registry.get(body.get("model"))
         plan = await chat_plan(m, msgs, extra, kw, structured)
         job = await begin(m, runs(n, kw, lambda e, k: e.chat_ids(plan.ids, stream=True, plan=plan, **k)),
-                          plan.ids if kw["cache_prompt"] else None)
+                          plan.ids if kw["cache_prompt"] else None, stream)
         cid, created, model_name = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), m.spec.alias
 
         def chunk(i: int, delta: dict, finish=None, logprobs=None, **more) -> str:
@@ -550,7 +551,7 @@ def create_app(registry: ModelRegistry, api_key: str | list[str] | APIKeys | Non
 
             kw["grammar"] = await checked(compile_grammar, eng.tokenizer, **structured)
         job = await begin(m, runs(n, kw, lambda e, k: e.generate(ids, stream=True, **k)),
-                          ids if kw["cache_prompt"] else None)
+                          ids if kw["cache_prompt"] else None, stream)
         cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         head = eng.detokenize(ids) if echo else ""
 
@@ -676,7 +677,7 @@ def create_app(registry: ModelRegistry, api_key: str | list[str] | APIKeys | Non
         m = await registry.get(body.get("model"))
         plan = await chat_plan(m, msgs, extra, kw, structured_fields(body, responses=True))
         job = await begin(m, lambda e: e.chat_ids(plan.ids, stream=True, plan=plan, **kw),
-                          plan.ids if kw["cache_prompt"] else None)
+                          plan.ids if kw["cache_prompt"] else None, stream)
         rid, created = f"resp_{uuid.uuid4().hex[:24]}", int(time.time())
         msg_id, rs_id = f"msg_{uuid.uuid4().hex[:24]}", f"rs_{uuid.uuid4().hex[:24]}"
 

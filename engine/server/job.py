@@ -13,10 +13,14 @@ class Job:
 
     _END = object()
 
-    def __init__(self, model, make_iter, buffer: int = 64, prompt: list[int] | None = None):
+    def __init__(self, model, make_iter, buffer: int = 64, prompt: list[int] | None = None, final_only: bool = False):
         """`prompt`: the token ids the generation starts from, to pick the slot that holds most of
-        them (engine/server/slots.py); None takes the least recently used slot."""
-        self.model, self.make_iter, self.prompt = model, make_iter, prompt
+        them (engine/server/slots.py); None takes the least recently used slot. `final_only`: only the
+        pieces that carry a finished completion cross to the event loop (a reply that is not
+        streamed): no wake-up of the loop a token, whose Python would wait for the GIL with the
+        generating thread between two forward passes (a lone SmolLM2 reply's gap between passes
+        ~0.31 -> ~0.2 ms)."""
+        self.model, self.make_iter, self.prompt, self.final_only = model, make_iter, prompt, final_only
         self.cancel = threading.Event()
         self.queue: asyncio.Queue = asyncio.Queue()
         self.room = threading.Semaphore(buffer)  # pieces a slow reader lets pile up, at most
@@ -51,7 +55,11 @@ class Job:
         try:
             it = self.make_iter(self.engine)
             for piece in it:
-                if self.cancel.is_set() or not room():
+                if self.cancel.is_set():
+                    break
+                if self.final_only and piece.completion is None:
+                    continue
+                if not room():
                     break
                 put(piece)
         except Exception as e:  # noqa: BLE001 - reported to the client, the server goes on
