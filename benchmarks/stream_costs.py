@@ -1,6 +1,7 @@
 """What one streamed token costs a serving process beside the forward pass, with no model at all.
 
     python benchmarks/stream_costs.py [--tokens 128] [--rounds 5] [--interval 8]
+    python benchmarks/stream_costs.py --work pass [--pass-mb 64]
 
 A lone stream on a small machine runs its forward passes on every core, so whatever else a token costs
 (the event loop's wake-up, its Python, the socket write, the client's read) is taken from the passes.
@@ -17,6 +18,13 @@ installed: what `engine serve` runs), read by benchmarks/bench_server.py's clien
 
 Per token, medians of the rounds: CPU of the event loop's thread (/proc schedstat), of the producing
 thread after its wake-up (formatting and hand-over or write), and of the client process.
+
+`--work pass` replaces the sleep with a stand-in for a decode step that competes for the cores as one
+does: ~240 compiled kernel calls, each reading its slice of a `--pass-mb` array on every Numba thread,
+with Python between them (the GIL taken and released as between our kernels). Each round then also
+times the same passes in the server's process with no stream (what `engine bench`'s tg is to a model),
+and reports the stream's speed at the client against it: what any server of that shape loses on this
+machine, whatever its model -- the floor under issue 10's lone-stream bar.
 """
 
 import argparse
@@ -31,6 +39,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
 import bench_server  # noqa: E402
 
@@ -48,10 +57,53 @@ def _tail(n: int) -> bytes:
     return b'data: {"choices": [], "usage": {"completion_tokens": %d}}\n\ndata: [DONE]\n\n' % n
 
 
-def _produce(n: int, interval: float, emit):
-    """n tokens, one every `interval` s: `emit(text)` after each wake-up, its CPU counted."""
+class _Pass:
+    """A stand-in for a decode step: `calls` compiled kernel calls, each summing its slice of a `mb` MB
+    float32 array on every Numba thread (memory-bound, as a decode step's products are), with Python
+    between calls -- on the process's one compute thread, handed over from the caller's as a forward
+    pass is (kernels/numba_cpu/compute_thread.py: GNU OpenMP's pools, one per calling thread)."""
+
+    def __init__(self, mb: float, calls: int = 240):
+        import numba
+        import numpy as np
+
+        @numba.njit(parallel=True, nogil=True, fastmath=True)
+        def part(a, out):
+            n, k = a.shape[0], out.shape[0]
+            for t in numba.prange(k):
+                s = np.float32(0)
+                for i in range(t * n // k, (t + 1) * n // k):
+                    s += a[i]
+                out[t] = s
+
+        a = np.random.default_rng(0).random(int(mb * (1 << 18)), dtype=np.float32)
+        step = len(a) // calls
+        self.slices = [a[i * step:(i + 1) * step] for i in range(calls)]
+        self.out = np.zeros(numba.config.NUMBA_NUM_THREADS, np.float32)
+        self.part = part
+        for _ in range(3):  # compiled, and the array touched
+            self()
+
+    def __call__(self):
+        from kernels.numba_cpu import compute_thread
+        compute_thread.run(self._pass)
+
+    def _pass(self):
+        for s in self.slices:
+            self.part(s, self.out)
+
+    def rate(self, n: int) -> float:
+        """Passes a second over n passes in a row, nothing streamed."""
+        t0 = time.perf_counter()
+        for _ in range(n):
+            self()
+        return n / (time.perf_counter() - t0)
+
+
+def _produce(n: int, step, emit):
+    """n tokens, each after `step()` (a sleep or a pass): `emit(text)`, its CPU counted."""
     for _ in range(n):
-        time.sleep(interval)
+        step()
         c0 = time.thread_time_ns()
         emit("tok")
         _PRODUCER_NS[0] += time.thread_time_ns() - c0
@@ -68,7 +120,7 @@ async def _request(receive) -> dict:
             return json.loads(body or b"{}")
 
 
-def _serve(mode: str, port: int, interval: float) -> None:
+def _serve(mode: str, port: int, interval: float, pass_mb: float = 0.0) -> None:
     import uvicorn
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -77,18 +129,24 @@ def _serve(mode: str, port: int, interval: float) -> None:
             super().on_headers_complete()
             self.scope.setdefault("extensions", {})["transport"] = self.transport
 
-    def report() -> bytes:  # the producers' CPU per token since the last report, and where to read the loop's
+    work = _Pass(pass_mb) if pass_mb else None
+    step = work or (lambda: time.sleep(interval))
+
+    def report(body: dict) -> bytes:  # the producers' CPU per token since the last report, and where to read the
+        # loop's; with `baseline`, that many passes' rate with nothing streamed
         ns, n = _PRODUCER_NS
         _PRODUCER_NS[:] = [0, 0]
-        return json.dumps({"producer_us": ns / max(n, 1) / 1e3, "pid": os.getpid()}).encode()
+        rate = work.rate(int(body["baseline"])) if work and body.get("baseline") else None
+        return json.dumps({"producer_us": ns / max(n, 1) / 1e3, "pid": os.getpid(), "passes_s": rate}).encode()
 
     async def asgi(scope, receive, send):
         if scope["type"] != "http":
             return
-        n = int((await _request(receive)).get("max_tokens", 0))
+        body = await _request(receive)
+        n = int(body.get("max_tokens", 0))
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
         if n == 0:
-            return await send({"type": "http.response.body", "body": report()})
+            return await send({"type": "http.response.body", "body": report(body)})
         loop, q = asyncio.get_running_loop(), asyncio.Queue()
         if mode == "direct":
             transport = scope["extensions"]["transport"]
@@ -101,14 +159,14 @@ def _serve(mode: str, port: int, interval: float) -> None:
 
             def run():
                 try:
-                    _produce(n, interval, write)
+                    _produce(n, step, write)
                 finally:
                     os.close(fd)
                     loop.call_soon_threadsafe(done.set_result, None)
             threading.Thread(target=run, daemon=True).start()
             await done
         else:
-            threading.Thread(target=_produce, args=(n, interval, lambda t: loop.call_soon_threadsafe(q.put_nowait, t)),
+            threading.Thread(target=_produce, args=(n, step, lambda t: loop.call_soon_threadsafe(q.put_nowait, t)),
                              daemon=True).start()
             for _ in range(n):
                 await send({"type": "http.response.body", "body": _chunk(await q.get()), "more_body": True})
@@ -126,11 +184,12 @@ def _serve(mode: str, port: int, interval: float) -> None:
 
         @app.post("/v1/chat/completions")
         async def chat(request: Request):
-            n = int((await request.json()).get("max_tokens", 0))
+            body = await request.json()
+            n = int(body.get("max_tokens", 0))
             if n == 0:
-                return Response(report(), media_type="application/json")
+                return Response(report(body), media_type="application/json")
             loop, q = asyncio.get_running_loop(), asyncio.Queue()
-            threading.Thread(target=_produce, args=(n, interval, lambda t: loop.call_soon_threadsafe(q.put_nowait, t)),
+            threading.Thread(target=_produce, args=(n, step, lambda t: loop.call_soon_threadsafe(q.put_nowait, t)),
                              daemon=True).start()
 
             async def events():
@@ -146,30 +205,38 @@ def _thread_cpu_ns(pid: int) -> int:
         return int(f.read().split()[0])
 
 
-def _report(base: str) -> dict:
+def _report(base: str, baseline: int = 0) -> dict:
     """The server's producing threads' CPU per token since the last report, and its pid (a request of 0
-    tokens)."""
-    req = urllib.request.Request(base + "/v1/chat/completions", b'{"max_tokens": 0}',
+    tokens); with `baseline`, the rate of that many passes run with nothing streamed."""
+    req = urllib.request.Request(base + "/v1/chat/completions", json.dumps({"max_tokens": 0, "baseline": baseline}).encode(),
                                  {"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read())
 
 
-def measure(mode: str, tokens: int, rounds: int, interval_ms: float) -> dict:
-    with bench_server.started([sys.executable, __file__, "--serve", mode, "--interval", str(interval_ms)]) as base:
+def measure(mode: str, tokens: int, rounds: int, interval_ms: float, pass_mb: float = 0.0) -> dict:
+    """Medians over `rounds` streams of `tokens`; with `pass_mb`, each stream after as many passes
+    with nothing streamed, and `ratio`: the stream's passes a second at the client (first to last
+    token, as bench_server's stream t/s) over those."""
+    cmd = [sys.executable, __file__, "--serve", mode, "--interval", str(interval_ms), "--pass-mb", str(pass_mb)]
+    with bench_server.started(cmd) as base:
         bench_server.chat(base, "m", 0, 4)
         pid = _report(base)["pid"]
-        loop, prod, client = [], [], []
+        loop, prod, client, ratio = [], [], [], []
         for _ in range(rounds):
+            alone = _report(base, tokens if pass_mb else 0)["passes_s"]
             l0, c0 = _thread_cpu_ns(pid), time.process_time()
-            n = bench_server.chat(base, "m", 0, tokens)[2]
+            first, _, n, last = bench_server.chat(base, "m", 0, tokens)
             if n != tokens:
                 raise RuntimeError(f"the {mode} server streamed {n} tokens, not {tokens}")
             loop.append((_thread_cpu_ns(pid) - l0) / n / 1e3)
             client.append((time.process_time() - c0) / n * 1e6)
             prod.append(_report(base)["producer_us"])
+            if alone:
+                ratio.append((n - 1) / (last - first) / alone)
     return {"mode": mode, "loop_us": statistics.median(loop), "producer_us": statistics.median(prod),
-            "client_us": statistics.median(client)}
+            "client_us": statistics.median(client), "ratio": statistics.median(ratio) if ratio else None,
+            "ratios": ratio}
 
 
 def main(argv=None) -> int:
@@ -180,14 +247,26 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=5, help="streams per server (default 5; medians)")
     ap.add_argument("--interval", type=float, default=8.0, help="ms between tokens (default 8: a SmolLM2 step)")
     ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    ap.add_argument("--work", choices=("sleep", "pass"), default="sleep",
+                    help="between tokens: sleep --interval ms (default), or run a stand-in decode pass")
+    ap.add_argument("--pass-mb", type=float, default=64.0, help="MB the stand-in pass reads (default 64)")
     args = ap.parse_args(argv)
     if args.serve:
-        _serve(args.serve, args.port, args.interval / 1e3)
+        _serve(args.serve, args.port, args.interval / 1e3, args.pass_mb)
         return 0
-    print("| server | event loop us/token | producing thread us/token | client us/token |\n|---|---|---|---|")
+    pass_mb = args.pass_mb if args.work == "pass" else 0.0
+    if pass_mb:
+        print("| server | event loop us/token | client us/token | stream / passes alone, median | rounds |\n"
+              "|---|---|---|---|---|")
+    else:
+        print("| server | event loop us/token | producing thread us/token | client us/token |\n|---|---|---|---|")
     for mode in args.modes:
-        r = measure(mode, args.tokens, args.rounds, args.interval)
-        print(f"| {mode} | {r['loop_us']:.0f} | {r['producer_us']:.0f} | {r['client_us']:.0f} |", flush=True)
+        r = measure(mode, args.tokens, args.rounds, args.interval, pass_mb)
+        if pass_mb:
+            print(f"| {mode} | {r['loop_us']:.0f} | {r['client_us']:.0f} | {r['ratio']:.3f} | "
+                  f"{', '.join(f'{x:.3f}' for x in r['ratios'])} |", flush=True)
+        else:
+            print(f"| {mode} | {r['loop_us']:.0f} | {r['producer_us']:.0f} | {r['client_us']:.0f} |", flush=True)
     return 0
 
 

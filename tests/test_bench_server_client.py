@@ -93,3 +93,33 @@ def test_stream_costs_measures_each_server(capsys):
     assert [r.split("|")[1].strip() for r in rows] == list(stream_costs.MODES)
     for r in rows:
         assert all(float(c) >= 0 for c in r.split("|")[2:5])
+
+
+def test_stream_costs_against_passes_alone(capsys):
+    """`--work pass`: the stand-in decode pass runs between tokens, on the compute thread, and each
+    round compares the stream's speed at the client with the same passes run alone: a positive ratio
+    and one per round."""
+    import stream_costs
+    assert stream_costs.main(["--tokens", "6", "--rounds", "2", "--work", "pass", "--pass-mb", "2",
+                              "--modes", "asgi"]) == 0
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| asgi")]
+    assert len(rows) == 1
+    cells = [c.strip() for c in rows[0].split("|")[2:6]]
+    assert float(cells[0]) >= 0 and float(cells[1]) >= 0 and float(cells[2]) > 0
+    assert len(cells[3].split(",")) == 2 and all(float(x) > 0 for x in cells[3].split(","))
+
+
+def test_pass_gaps_times_each_kind_of_pass(tmp_path, capsys):
+    """benchmarks/pass_gaps.py: tg, a streamed reply and one not streamed, each with its passes and
+    gaps timed on the compute thread (positive times, the gap's parts within the gap)."""
+    import pass_gaps
+    model = tiny_model(tmp_path / "tiny.gguf")
+    assert pass_gaps.main(["-m", str(model), "--rounds", "1", "--tokens", "6", "-t", "1", "-c", "2048"]) == 0
+    out = capsys.readouterr().out
+    medians = out.split("medians of the rounds:")[1]
+    rows = [ln for ln in medians.splitlines() if ln.startswith("| ") and not ln.startswith("| what")]
+    assert [r.split("|")[1].strip() for r in rows] == ["`engine bench` tg", "streamed", "not streamed"]
+    for r in rows:
+        tps, pass_ms, gap, back, caller, wake = (float(c) for c in r.split("|")[2:8])
+        assert tps > 0 and pass_ms > 0 and gap > 0 and min(back, caller, wake) >= 0
+        assert back + caller + wake <= gap * 1.5 + 0.05  # medians of parts: about the median gap
