@@ -144,16 +144,18 @@ def _plain(base: str, i: int, tokens: int) -> float:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["--role", "serve"]:  # the rest is `engine serve`'s, as given
+        return _serve(argv[2:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--role", choices=("serve", "probe"), help=argparse.SUPPRESS)
+    ap.add_argument("--role", choices=("probe",), help=argparse.SUPPRESS)
     ap.add_argument("-m", "--model")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=128, help="tokens a reply and a tg run (default 128)")
     ap.add_argument("-t", "--threads", type=int, default=2)
-    ap.add_argument("-c", "--ctx", type=int, default=8192, help="the server's context, 16 slots' (default 8192)")
-    args, rest = ap.parse_known_args(argv)
-    if args.role == "serve":
-        return _serve(rest)
+    ap.add_argument("-c", "--ctx", type=int, default=8192, help="the server's context, all slots' (default 8192)")
+    ap.add_argument("--parallel", type=int, default=16, help="the server's slots (default 16)")
+    args = ap.parse_args(argv)
     if args.role == "probe":
         return _probe(args.model, args.tokens, args.threads)
     if not args.model:
@@ -164,7 +166,7 @@ def main(argv=None) -> int:
     port = bench_server.free_port()
     pipes = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     server = subprocess.Popen(me + ["--role", "serve", "-m", args.model, "--alias", "m", "-c", str(args.ctx), "-t",
-                                    str(args.threads), "--parallel", "16", "--port", str(port)],
+                                    str(args.threads), "--parallel", str(args.parallel), "--port", str(port)],
                               stderr=subprocess.DEVNULL, **pipes)
     probe = subprocess.Popen(me + ["--role", "probe", "-m", args.model, "--tokens", str(args.tokens), "-t",
                                    str(args.threads)], **pipes)
@@ -172,6 +174,10 @@ def main(argv=None) -> int:
     try:
         base = f"http://127.0.0.1:{port}"
         bench_server.wait_ready(base, server)
+        with urllib.request.urlopen(base + "/props", timeout=30) as r:
+            props = json.loads(r.read())
+        if Path(props["model_path"]).resolve() != Path(args.model).resolve():
+            raise RuntimeError(f"the server runs {props['model_path']}, not {args.model}")
         if probe.stdout.readline().strip() != "ready":
             raise RuntimeError(f"the tg probe did not start ({probe.poll()})")
         usage: dict = {}
@@ -198,7 +204,8 @@ def main(argv=None) -> int:
             p.stdin.close()
             p.terminate()
             p.wait(timeout=30)
-    print("\nmedians of the rounds:\n\n| what | tokens/s | pass | gap | back | caller | wake |\n|---|---|---|---|---|---|---|")
+    print("\nmedians of the rounds:\n\n| what | tokens/s | pass | gap | back | caller | wake |\n"
+          "|---|---|---|---|---|---|---|")
     for what, ss in rows.items():
         med = lambda k: statistics.median(s[k] for s in ss if s[k] is not None)  # noqa: E731
         print(f"| {what} | {med('tps'):.1f} | " + " | ".join(f"{med(k):.3f}" for k in FIELDS) + " |")

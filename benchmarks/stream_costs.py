@@ -208,8 +208,8 @@ def _thread_cpu_ns(pid: int) -> int:
 def _report(base: str, baseline: int = 0) -> dict:
     """The server's producing threads' CPU per token since the last report, and its pid (a request of 0
     tokens); with `baseline`, the rate of that many passes run with nothing streamed."""
-    req = urllib.request.Request(base + "/v1/chat/completions", json.dumps({"max_tokens": 0, "baseline": baseline}).encode(),
-                                 {"Content-Type": "application/json"})
+    body = json.dumps({"max_tokens": 0, "baseline": baseline}).encode()
+    req = urllib.request.Request(base + "/v1/chat/completions", body, {"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read())
 

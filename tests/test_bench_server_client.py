@@ -114,7 +114,8 @@ def test_pass_gaps_times_each_kind_of_pass(tmp_path, capsys):
     gaps timed on the compute thread (positive times, the gap's parts within the gap)."""
     import pass_gaps
     model = tiny_model(tmp_path / "tiny.gguf")
-    assert pass_gaps.main(["-m", str(model), "--rounds", "1", "--tokens", "6", "-t", "1", "-c", "2048"]) == 0
+    assert pass_gaps.main(["-m", str(model), "--rounds", "1", "--tokens", "6", "-t", "1", "-c", "128",
+                            "--parallel", "1"]) == 0
     out = capsys.readouterr().out
     medians = out.split("medians of the rounds:")[1]
     rows = [ln for ln in medians.splitlines() if ln.startswith("| ") and not ln.startswith("| what")]
