@@ -84,6 +84,16 @@ def started(cmd: list[str]):
             proc.wait(20)
 
 
+def request_body(model: str, i: int, max_tokens: int, ignore_eos: bool = False, stream: bool = True) -> dict:
+    """The benchmark's chat request number `i` (its prompt and seed); streamed with the usage chunk."""
+    body = {"model": model, "messages": [{"role": "user", "content": f"Write a sentence about the number {i}."}],
+            "max_tokens": max_tokens, "temperature": 0.8, "seed": i, "stream": stream,
+            **({"ignore_eos": True} if ignore_eos else {})}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
 def chat(base: str, model: str, i: int, max_tokens: int, usage: dict | None = None,
          ignore_eos: bool = False) -> tuple[float, float, int, float]:
     """One streamed chat: (time to first token, latency, completion tokens, time of the last token).
@@ -95,9 +105,7 @@ def chat(base: str, model: str, i: int, max_tokens: int, usage: dict | None = No
     (`sse_events`), each event timed by the block that completed it. (urllib's chunked reading and a
     `json.loads` per token took ~0.1 ms of CPU a token from the server's 2 vCPUs: a lone stream on
     SmolLM2 read 1.5-2% slower so, 8 rounds alternating the two clients on one server.)"""
-    body = {"model": model, "messages": [{"role": "user", "content": f"Write a sentence about the number {i}."}],
-            "max_tokens": max_tokens, "temperature": 0.8, "seed": i, "stream": True,
-            "stream_options": {"include_usage": True}, **({"ignore_eos": True} if ignore_eos else {})}
+    body = request_body(model, i, max_tokens, ignore_eos)
     host, port = base.split("//", 1)[1].rsplit(":", 1)
     data = json.dumps(body).encode()
     head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"

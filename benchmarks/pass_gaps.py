@@ -135,8 +135,9 @@ def _ask(proc, line: str = "") -> dict:
 
 def _plain(base: str, i: int, tokens: int) -> float:
     """A reply not streamed, exactly `tokens` tokens: the server's own decode speed."""
-    body = {"model": "m", "messages": [{"role": "user", "content": f"Write a sentence about the number {i}."}],
-            "max_tokens": tokens, "temperature": 0.8, "seed": i, "ignore_eos": True}
+    import bench_server
+
+    body = bench_server.request_body("m", i, tokens, ignore_eos=True, stream=False)
     req = urllib.request.Request(base + "/v1/chat/completions", json.dumps(body).encode(),
                                  {"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=600) as r:

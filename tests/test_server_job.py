@@ -42,16 +42,21 @@ def _pieces(n: int, seen: list, closed: threading.Event):
     return make_iter
 
 
+async def _slot_back(model):
+    """Wait (up to a second) for the worker's slot to come back through the event loop."""
+    for _ in range(100):
+        if model.active == 0:
+            return
+        await asyncio.sleep(0.01)
+
+
 async def _collect(final_only: bool, n: int = 5):
     seen, closed = [], threading.Event()
     model = _Model()
     job = Job(model, _pieces(n, seen, closed), final_only=final_only)
     await job.start()
     got = [p async for p in job.pieces()]
-    for _ in range(100):  # the slot comes back through the loop
-        if model.active == 0:
-            break
-        await asyncio.sleep(0.01)
+    await _slot_back(model)
     return got, seen, closed.is_set(), model
 
 
@@ -93,10 +98,7 @@ def test_a_reply_not_streamed_stops_when_cancelled():
         job.cancel.set()
         proceed.set()
         await asyncio.get_running_loop().run_in_executor(None, closed.wait, 5)
-        for _ in range(100):
-            if model.active == 0:
-                break
-            await asyncio.sleep(0.01)
+        await _slot_back(model)
         return seen, closed.is_set(), model
     seen, closed, model = asyncio.run(run())
     assert closed and seen == [0, 1, 2, 3] and model.active == 0 and model.free.q.qsize() == 1
