@@ -308,6 +308,10 @@ def test_rng_is_llama_cpps_mt19937():
     m = _MT19937(7)
     picks = [_apply_dist(cands([1, 3, 2, 0.5, -1]), m) for _ in range(10)]
     assert picks == [1, 1, 3, 1, 1, 1, 1, 1, 0, 1]
+    # its 32-bit draws come from NumPy's generator in blocks: the same sequence as one draw at a time
+    m, one = _MT19937(99), np.random.MT19937(0)
+    one._legacy_seeding(99)
+    assert [m.u32() for _ in range(3 * _MT19937._BLOCK + 5)] == [int(one.random_raw()) for _ in range(3 * 256 + 5)]
 
 
 def _chi2(counts: np.ndarray, probs: np.ndarray) -> float:
@@ -389,6 +393,7 @@ def test_top_k_first_paths_are_the_general_path(kind):
         best = int(np.argmax(np.nan_to_num(x, nan=-np.inf)))  # banned; one pushed up (twice: 15 and "15"); ids outside
         up = int(r.integers(0, n))
         bias = {best: -math.inf, up: 2.5, str(up): 0.75, int(r.integers(0, n)): -1.25, n + 3: 9.0, -2: 9.0}
+        many = {**bias, **{int(i): float(v) for i, v in zip(r.integers(0, n, 40), r.standard_normal(40))}}  # a copy
         for params in (SamplerParams(seed=trial), SamplerParams(seed=trial, top_k=300, top_p=1.0, min_p=0.0),
                        SamplerParams(seed=trial, top_k=n + 5, temperature=1.5),
                        SamplerParams(seed=trial, top_k=60, top_p=0.7, min_p=0.2, min_keep=5, temperature=0.0),
@@ -396,7 +401,7 @@ def test_top_k_first_paths_are_the_general_path(kind):
                        SamplerParams(seed=trial, top_k=50, samplers="ktpm", top_p=0.6, temperature=2.0, min_keep=2),
                        SamplerParams(seed=trial, repeat_penalty=1.3, frequency_penalty=0.4, presence_penalty=0.2),
                        SamplerParams(seed=trial, repeat_penalty=0.7, penalty_last_n=-1, top_k=8, min_p=0.0),
-                       SamplerParams(seed=trial, logit_bias=bias),
+                       SamplerParams(seed=trial, logit_bias=bias), SamplerParams(seed=trial, logit_bias=many),
                        SamplerParams(seed=trial, logit_bias=bias, repeat_penalty=1.2, top_k=20, temperature=1.3)):
             compiled, numpy_first, general, frozen = Sampler(params), Sampler(params), Sampler(params), Sampler(params)
             before, read_only = x.tobytes(), x.copy()
