@@ -131,6 +131,21 @@ def test_gpt_oss_answers_never_leak_harmony_markers(server):
     assert "<|channel|>" not in (msg.content or "") and "<|message|>" not in (msg.content or "")
 
 
+def test_streamed_chunks_are_exactly_their_objects_json(server):
+    """Content chunks are formatted from a prefix made once per reply (engine/server/app.py's render):
+    every event is byte for byte what json.dumps makes of its object, as the other chunks are."""
+    st, body = server.post("/v1/chat/completions", {"model": "smol", "messages": HELLO, "max_tokens": 12,
+                                                     "temperature": 0, "stream": True})
+    events = [e[len("data: "):] for e in body.split("\n\n") if e]
+    assert st == 200 and events[-1] == "[DONE]" and len(events) > 3
+    contents = 0
+    for e in events[:-1]:
+        obj = json.loads(e)
+        assert json.dumps(obj, ensure_ascii=False) == e
+        contents += "content" in obj["choices"][0]["delta"] and obj["choices"][0]["finish_reason"] is None
+    assert contents >= 2
+
+
 def _stream_text(server, seed: int, out: dict, key: int):
     chunks = server.client().chat.completions.create(
         model="smol", messages=[{"role": "user", "content": f"Tell me a short story number {seed}."}],

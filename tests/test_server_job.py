@@ -3,6 +3,9 @@ that is not streamed takes only its finished completions across (no wake-up of t
 
 import asyncio
 import threading
+import time
+
+import pytest
 
 from engine.engine import Completion, Piece
 from engine.generate import Timings
@@ -102,3 +105,108 @@ def test_a_reply_not_streamed_stops_when_cancelled():
         return seen, closed.is_set(), model
     seen, closed, model = asyncio.run(run())
     assert closed and seen == [0, 1, 2, 3] and model.active == 0 and model.free.q.qsize() == 1
+
+
+def test_pieces_that_arrive_together_come_in_one_batch_and_an_error_after_them():
+    async def run():
+        model = _Model()
+        go = threading.Event()
+
+        def make_iter(engine):
+            go.wait(5)
+            yield Piece("a", 1)
+            yield Piece("b", 2)
+            raise ValueError("the model failed")
+        job = Job(model, make_iter)
+        await job.start()
+        got = []
+        go.set()
+        await asyncio.sleep(0.2)  # both pieces and the error are handed over before the reader looks
+        with pytest.raises(ValueError, match="the model failed"):
+            async for batch in job.batches():
+                got.append([p.text for p in batch])
+        await _slot_back(model)
+        return got, job.cancel.is_set()
+    got, cancelled = asyncio.run(run())
+    assert got == [["a", "b"]] and cancelled
+
+
+def test_a_slow_reader_holds_the_worker_at_the_buffer():
+    """The worker waits once `buffer` pieces wait for the reader, and goes on when they are read."""
+    async def run():
+        model, seen = _Model(), []
+
+        def make_iter(engine):
+            for i in range(10):
+                seen.append(i)
+                yield Piece(str(i), i)
+        job = Job(model, make_iter, buffer=3)
+        await job.start()
+        await asyncio.sleep(0.3)
+        held = len(seen)
+        texts = [p.text async for p in job.pieces()]
+        await _slot_back(model)
+        return held, texts
+    held, texts = asyncio.run(run())
+    assert held == 4 and texts == [str(i) for i in range(10)]  # 3 handed over, the 4th waiting for room
+
+
+def _event_stream(make_iter, receive):
+    """An EventStream of a Job over `make_iter`, driven with a fake ASGI receive; (messages sent, job)."""
+    from engine.server.sse import EventStream
+
+    async def run():
+        model, sent = _Model(), []
+        job = Job(model, make_iter)
+        await job.start()
+
+        async def send(message):
+            sent.append(message)
+        stream = EventStream(job, lambda p: f"data: {p.text}\n\n", lambda: "data: end\n\n",
+                             lambda e: f"data: error {e}\n\n", opening="data: open\n\n")
+        await stream(None, receive, send)
+        await _slot_back(model)
+        return sent, job, model
+    return asyncio.run(run())
+
+
+def test_an_event_stream_sends_its_opening_the_pieces_and_its_end():
+    async def never():
+        await asyncio.sleep(3600)
+    sent, job, model = _event_stream(_pieces(3, [], threading.Event()), never)
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
+    body = b"".join(m["body"] for m in sent[1:]).decode()
+    assert body == "data: open\n\ndata: t0\n\ndata: t1\n\ndata: t2\n\ndata: \n\ndata: end\n\n"
+    assert sent[-1]["more_body"] is False and all(m["more_body"] for m in sent[1:-1]) and model.active == 0
+
+
+def test_an_event_stream_ends_with_the_generations_error():
+    def failing(engine):
+        yield Piece("x", 1)
+        raise RuntimeError("kernel fault")
+
+    async def never():
+        await asyncio.sleep(3600)
+    sent, job, model = _event_stream(failing, never)
+    body = b"".join(m["body"] for m in sent[1:]).decode()
+    assert body.endswith("data: x\n\ndata: error kernel fault\n\n") and sent[-1]["more_body"] is False
+
+
+def test_an_event_stream_whose_client_left_stops_the_generation():
+    closed, seen = threading.Event(), []
+
+    def endless(engine):
+        try:
+            for i in range(100_000):
+                seen.append(i)
+                time.sleep(0.001)
+                yield Piece("y", i)
+        finally:
+            closed.set()
+
+    async def leaves():
+        await asyncio.sleep(0.1)
+        return {"type": "http.disconnect"}
+    sent, job, model = _event_stream(endless, leaves)
+    assert closed.wait(5) and job.cancel.is_set() and len(seen) < 100_000 and model.active == 0
+    assert sent[-1].get("more_body", True)  # nothing was ended for a client that is gone

@@ -15,7 +15,7 @@ import json
 import time
 import uuid
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -23,6 +23,7 @@ from . import schemas
 from .auth import APIKeys, KeyGuard, read_keys
 from .file_guard import ModelFileGuard, ModelFileChanged
 from .job import Job
+from .sse import DONE, EventStream
 from .limits import Admission, BodyLimit, Busy, ServerLimits, cap_max_tokens
 from .registry import ModelRegistry, UnknownModel
 from engine.gguf_file import GGUFError
@@ -302,6 +303,9 @@ def create_app(registry: ModelRegistry, api_key: str | list[str] | APIKeys | Non
         t = done.timings
         return t.as_dict() if hasattr(t, "as_dict") else dict(t.__dict__)
 
+    def stream_error(e: Exception) -> str:  # a chat or completion stream's end when the generation failed
+        return f"data: {json.dumps({'error': {'message': str(e), 'type': 'server_error'}})}\n\n" + DONE
+
     def check_fits(engine, ids, max_tokens):
         bad = next((t for t in ids if not (isinstance(t, int) and 0 <= t < engine.n_vocab)), None)
         if bad is not None:  # caller-given token ids: one out of range would index past the embeddings
@@ -390,7 +394,7 @@ def create_app(registry: ModelRegistry, api_key: str | list[str] | APIKeys | Non
         if deadline is not None:
             def expire():
                 job.cancel.set()
-                job.queue.put_nowait(timed_out("took"))
+                job.put(timed_out("took"))
             timer.append(loop.call_at(loop.time() + max(0.0, deadline - time.monotonic()), expire))
         return job
 
@@ -444,45 +448,53 @@ def create_app(registry: ModelRegistry, api_key: str | list[str] | APIKeys | Non
             return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
         if stream:
-            async def events():
-                n_calls, usage, begun = {}, {"prompt_tokens": 0, "completion_tokens": 0}, set()
-                try:
-                    async for p in job.pieces():
-                        i = p.index
-                        if i not in begun:
-                            begun.add(i)
-                            yield chunk(i, {"role": "assistant", "content": ""})
-                        lp = chat_logprobs(p.logprobs) if p.logprobs else None
-                        if p.completion is not None:
-                            done = p.completion
-                            account(done)
-                            usage["prompt_tokens"] = done.prompt_tokens
-                            usage["completion_tokens"] += len(done.tokens)
-                            usage.setdefault("prompt_tokens_details", {"cached_tokens": done.timings.cache_n})
-                            yield chunk(i, {}, done.finish_reason, timings=timings_of(done))
-                        elif p.kind == "reasoning" and p.text:
-                            yield chunk(i, {"reasoning_content": p.text}, logprobs=lp)
-                        elif p.kind == "tool_call":
-                            k = n_calls.get(i, 0)
-                            if p.text == "" and p.name:
-                                yield chunk(i, {"tool_calls": [{"index": k, "id": p.call_id or f"call_{k}", "type": "function",
-                                                                "function": {"name": p.name, "arguments": ""}}]})
-                                n_calls[i] = k + 1
-                            elif p.text:
-                                yield chunk(i, {"tool_calls": [{"index": k - 1, "function": {"arguments": p.text}}]})
-                        elif p.text:
-                            yield chunk(i, {"content": p.text}, logprobs=lp)
-                    if include_usage:
-                        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-                        obj = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_name,
-                               "choices": [], "usage": usage}
-                        yield f"data: {json.dumps(obj)}\n\n"
-                except Exception as e:  # noqa: BLE001 - the stream ends with an error event
-                    yield f"data: {json.dumps({'error': {'message': str(e), 'type': 'server_error'}})}\n\n"
-                yield "data: [DONE]\n\n"
+            n_calls, usage, begun = {}, {"prompt_tokens": 0, "completion_tokens": 0}, set()
+            head = (f'data: {{"id": {json.dumps(cid)}, "object": "chat.completion.chunk", "created": {created}, '
+                    f'"model": {json.dumps(model_name, ensure_ascii=False)}, "choices": [{{"index": ')
 
-            return StreamingResponse(events(), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            def lp_of(p):
+                return chat_logprobs(p.logprobs) if p.logprobs else None
+
+            def render(p) -> str:
+                i, out = p.index, []
+                if i not in begun:
+                    begun.add(i)
+                    out.append(chunk(i, {"role": "assistant", "content": ""}))
+                if p.completion is not None:
+                    done = p.completion
+                    account(done)
+                    usage["prompt_tokens"] = done.prompt_tokens
+                    usage["completion_tokens"] += len(done.tokens)
+                    usage.setdefault("prompt_tokens_details", {"cached_tokens": done.timings.cache_n})
+                    out.append(chunk(i, {}, done.finish_reason, timings=timings_of(done)))
+                elif p.kind == "content" and p.text and not p.logprobs:  # most tokens: chunk()'s text, formatted once
+                    out.append(f'{head}{i}, "delta": {{"content": {json.dumps(p.text, ensure_ascii=False)}}}, '
+                               '"finish_reason": null, "logprobs": null}]}\n\n')
+                elif p.kind == "reasoning" and p.text:
+                    out.append(chunk(i, {"reasoning_content": p.text}, logprobs=lp_of(p)))
+                elif p.kind == "tool_call":
+                    k = n_calls.get(i, 0)
+                    if p.text == "" and p.name:
+                        call = {"index": k, "id": p.call_id or f"call_{k}", "type": "function",
+                                "function": {"name": p.name, "arguments": ""}}
+                        out.append(chunk(i, {"tool_calls": [call]}))
+                        n_calls[i] = k + 1
+                    elif p.text:
+                        out.append(chunk(i, {"tool_calls": [{"index": k - 1, "function": {"arguments": p.text}}]}))
+                elif p.text:
+                    out.append(chunk(i, {"content": p.text}, logprobs=lp_of(p)))
+                return "".join(out)
+
+            def finish() -> str:
+                if not include_usage:
+                    return DONE
+                usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+                obj = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_name,
+                       "choices": [], "usage": usage}
+                return f"data: {json.dumps(obj)}\n\n" + DONE
+
+            return EventStream(job, render, finish, stream_error,
+                               headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         dones = {}
         async for p in job.pieces():
             if p.completion is not None:
@@ -560,24 +572,23 @@ def create_app(registry: ModelRegistry, api_key: str | list[str] | APIKeys | Non
                     "choices": [{"index": i, "text": text, "finish_reason": finish, "logprobs": logprobs}], **more}
 
         if stream:
-            async def events():
-                begun = set()
-                try:
-                    async for p in job.pieces():
-                        if head and p.index not in begun:
-                            begun.add(p.index)
-                            yield f"data: {json.dumps(obj(p.index, head), ensure_ascii=False)}\n\n"
-                        if p.completion is not None:
-                            account(p.completion)
-                            yield f"data: {json.dumps(obj(p.index, '', p.completion.finish_reason, usage=usage_of(p.completion)))}\n\n"
-                        elif p.text:
-                            lp = legacy_logprobs(p.logprobs, 0) if p.logprobs else None
-                            yield f"data: {json.dumps(obj(p.index, p.text, logprobs=lp), ensure_ascii=False)}\n\n"
-                except Exception as e:  # noqa: BLE001
-                    yield f"data: {json.dumps({'error': {'message': str(e), 'type': 'server_error'}})}\n\n"
-                yield "data: [DONE]\n\n"
+            begun = set()
 
-            return StreamingResponse(events(), media_type="text/event-stream")
+            def render(p) -> str:
+                out = []
+                if head and p.index not in begun:
+                    begun.add(p.index)
+                    out.append(f"data: {json.dumps(obj(p.index, head), ensure_ascii=False)}\n\n")
+                if p.completion is not None:
+                    account(p.completion)
+                    end = obj(p.index, '', p.completion.finish_reason, usage=usage_of(p.completion))
+                    out.append(f"data: {json.dumps(end)}\n\n")
+                elif p.text:
+                    lp = legacy_logprobs(p.logprobs, 0) if p.logprobs else None
+                    out.append(f"data: {json.dumps(obj(p.index, p.text, logprobs=lp), ensure_ascii=False)}\n\n")
+                return "".join(out)
+
+            return EventStream(job, render, lambda: DONE, stream_error)
         dones = {}
         async for p in job.pieces():
             if p.completion is not None:
@@ -702,52 +713,51 @@ def create_app(registry: ModelRegistry, api_key: str | list[str] | APIKeys | Non
             return obj
 
         if stream:
-            async def events():
-                seq = 0
+            seq, state = 0, {"reasoning": "", "text": "", "started": False}
 
-                def ev(kind, **data):
-                    nonlocal seq
-                    seq += 1
-                    return f"event: {kind}\ndata: {json.dumps({'type': kind, 'sequence_number': seq, **data}, ensure_ascii=False)}\n\n"
+            def ev(kind, **data):
+                nonlocal seq
+                seq += 1
+                payload = json.dumps({'type': kind, 'sequence_number': seq, **data}, ensure_ascii=False)
+                return f"event: {kind}\ndata: {payload}\n\n"
 
-                yield ev("response.created", response=response_obj("in_progress", "", ""))
-                yield ev("response.in_progress", response=response_obj("in_progress", "", ""))
-                reasoning_text, text, started = "", "", False
-                try:
-                    async for p in job.pieces():
-                        if p.completion is not None:
-                            done = p.completion
-                            account(done)
-                            if reasoning_text:
-                                yield ev("response.reasoning_text.done", item_id=rs_id, output_index=0, content_index=0,
-                                         text=reasoning_text)
-                            yield ev("response.output_text.done", item_id=msg_id, output_index=1 if reasoning_text else 0,
-                                     content_index=0, text=text)
-                            final = response_obj("completed", reasoning_text, text, done)
-                            yield ev("response.output_item.done", output_index=len(final["output"]) - 1,
-                                     item=final["output"][-1])
-                            yield ev("response.completed" if final["status"] == "completed" else "response.incomplete",
-                                     response=final)
-                        elif p.kind == "reasoning" and p.text:
-                            reasoning_text += p.text
-                            yield ev("response.reasoning_text.delta", item_id=rs_id, output_index=0, content_index=0,
-                                     delta=p.text)
-                        elif p.kind == "content" and p.text:
-                            if not started:
-                                started = True
-                                item = {"type": "message", "id": msg_id, "role": "assistant", "status": "in_progress",
-                                        "content": []}
-                                yield ev("response.output_item.added", output_index=1 if reasoning_text else 0, item=item)
-                                yield ev("response.content_part.added", item_id=msg_id,
-                                         output_index=1 if reasoning_text else 0, content_index=0,
-                                         part={"type": "output_text", "text": "", "annotations": []})
-                            text += p.text
-                            yield ev("response.output_text.delta", item_id=msg_id, output_index=1 if reasoning_text else 0,
-                                     content_index=0, delta=p.text)
-                except Exception as e:  # noqa: BLE001
-                    yield ev("error", message=str(e), code="server_error")
+            def render(p) -> str:
+                out, reasoning_text = [], state["reasoning"]
+                if p.completion is not None:
+                    done = p.completion
+                    account(done)
+                    if reasoning_text:
+                        out.append(ev("response.reasoning_text.done", item_id=rs_id, output_index=0, content_index=0,
+                                      text=reasoning_text))
+                    out.append(ev("response.output_text.done", item_id=msg_id, output_index=1 if reasoning_text else 0,
+                                  content_index=0, text=state["text"]))
+                    final = response_obj("completed", reasoning_text, state["text"], done)
+                    out.append(ev("response.output_item.done", output_index=len(final["output"]) - 1,
+                                  item=final["output"][-1]))
+                    out.append(ev("response.completed" if final["status"] == "completed" else "response.incomplete",
+                                  response=final))
+                elif p.kind == "reasoning" and p.text:
+                    state["reasoning"] += p.text
+                    out.append(ev("response.reasoning_text.delta", item_id=rs_id, output_index=0, content_index=0,
+                                  delta=p.text))
+                elif p.kind == "content" and p.text:
+                    if not state["started"]:
+                        state["started"] = True
+                        item = {"type": "message", "id": msg_id, "role": "assistant", "status": "in_progress",
+                                "content": []}
+                        out.append(ev("response.output_item.added", output_index=1 if reasoning_text else 0, item=item))
+                        out.append(ev("response.content_part.added", item_id=msg_id,
+                                      output_index=1 if reasoning_text else 0, content_index=0,
+                                      part={"type": "output_text", "text": "", "annotations": []}))
+                    state["text"] += p.text
+                    out.append(ev("response.output_text.delta", item_id=msg_id, output_index=1 if reasoning_text else 0,
+                                  content_index=0, delta=p.text))
+                return "".join(out)
 
-            return StreamingResponse(events(), media_type="text/event-stream")
+            opening = ev("response.created", response=response_obj("in_progress", "", "")) + \
+                ev("response.in_progress", response=response_obj("in_progress", "", ""))
+            return EventStream(job, render, lambda: "", lambda e: ev("error", message=str(e), code="server_error"),
+                               opening=opening)
         done = None
         async for p in job.pieces():
             if p.completion is not None:

@@ -167,7 +167,7 @@ class ModelFileGuard:
             del self.registry.loaded[m.spec.alias]
         for job in list(h.jobs):
             job.cancel.set()
-            job.queue.put_nowait(ModelFileChanged(
+            job.put(ModelFileChanged(
                 f"the file of model {h.alias!r} is being changed on disk: this generation was stopped"))
         end = time.monotonic() + patience  # under the kernel's lease-break-time (45 s)
         while getattr(m, "active", 0) and time.monotonic() < end:  # workers leave their slot when done

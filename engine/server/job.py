@@ -1,29 +1,40 @@
 """One generation running off the event loop: a worker thread per request, its pieces crossing to the
-event loop through a queue, so /health and other requests never wait on a running generation. A client
-that goes away sets the job's cancel flag; its worker stops at the next piece and frees the slot."""
+event loop, so /health and other requests never wait on a running generation. A client that goes away
+sets the job's cancel flag; its worker stops at the next piece and frees the slot.
+
+The crossing is a deque and one waiting future rather than an asyncio.Queue and a semaphore: a lone
+stream crosses once a token, and on a 2-vCPU machine the event loop's Python for each token runs
+between two forward passes (the next pass waits for the GIL). The deque's append is atomic under the
+GIL; the worker then schedules `_wake` on the loop, which resolves the reader's future if it waits.
+The reader takes everything that arrived at once (`batches`), so a stream the loop fell behind on
+goes out in one write."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import threading
 
 
 class Job:
-    """One generation in a worker thread; `pieces()` yields its Pieces on the event loop."""
+    """One generation in a worker thread; `batches()` / `pieces()` yield its Pieces on the event loop."""
 
     _END = object()
 
     def __init__(self, model, make_iter, buffer: int = 64, prompt: list[int] | None = None, final_only: bool = False):
         """`prompt`: the token ids the generation starts from, to pick the slot that holds most of
-        them (engine/server/slots.py); None takes the least recently used slot. `final_only`: only the
-        pieces that carry a finished completion cross to the event loop (a reply that is not
-        streamed): no wake-up of the loop a token, whose Python would wait for the GIL with the
-        generating thread between two forward passes (a lone SmolLM2 reply's gap between passes
-        ~0.31 -> ~0.2 ms)."""
+        them (engine/server/slots.py); None takes the least recently used slot. `buffer`: the pieces a
+        slow reader lets pile up, at most; then the worker waits. `final_only`: only the pieces that
+        carry a finished completion cross to the event loop (a reply that is not streamed): no wake-up
+        of the loop a token, whose Python would wait for the GIL with the generating thread between two
+        forward passes (a lone SmolLM2 reply's gap between passes ~0.31 -> ~0.2 ms)."""
         self.model, self.make_iter, self.prompt, self.final_only = model, make_iter, prompt, final_only
+        self.buffer = max(1, int(buffer))
         self.cancel = threading.Event()
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self.room = threading.Semaphore(buffer)  # pieces a slow reader lets pile up, at most
+        self._items: collections.deque = collections.deque()
+        self._waiter: asyncio.Future | None = None  # the reader's, while it waits (loop side only)
+        self._drained = threading.Event()  # cleared by a worker waiting for room, set by the reader
+        self._drained.set()
         self.loop = asyncio.get_running_loop()
 
     async def start(self):
@@ -36,6 +47,17 @@ class Job:
         m.active += 1
         threading.Thread(target=self._run, daemon=True).start()
 
+    def put(self, item):
+        """Hand the reader `item` from the event loop: a piece, or an exception it raises (a timeout,
+        the model's file changing)."""
+        self._items.append(item)
+        self._wake()
+
+    def _wake(self):
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
     def _run(self):
         def call(fn, *args):  # after a shutdown cancelled the request the loop is closed: no one to tell
             try:
@@ -43,10 +65,16 @@ class Job:
             except RuntimeError:
                 pass
 
-        put = lambda x: call(self.queue.put_nowait, x)  # noqa: E731
+        def put(x):
+            self._items.append(x)
+            call(self._wake)
 
         def room() -> bool:  # wait while the reader is `buffer` pieces behind; False once cancelled
-            while not self.room.acquire(timeout=0.1):
+            while len(self._items) >= self.buffer:
+                self._drained.clear()
+                if len(self._items) < self.buffer:  # (the reader emptied it before the clear)
+                    break
+                self._drained.wait(0.1)
                 if self.cancel.is_set():
                     return False
             return True
@@ -78,15 +106,42 @@ class Job:
 
             call(release)
 
-    async def pieces(self):
+    async def batches(self):
+        """Lists of the pieces that arrived together, in order; an exception handed over is raised
+        after the pieces before it. Leaving (the end, an error, the reader gone) sets the cancel flag."""
+        items = self._items
         try:
             while True:
-                item = await self.queue.get()
-                if item is self._END:
-                    return
-                if isinstance(item, Exception):
-                    raise item
-                self.room.release()
-                yield item
+                if not items:
+                    self._waiter = self.loop.create_future()
+                    try:
+                        await self._waiter
+                    finally:
+                        self._waiter = None
+                    continue
+                batch = []
+                while items:
+                    item = items.popleft()
+                    if item is self._END or isinstance(item, Exception):
+                        if batch:
+                            yield batch
+                        if item is self._END:
+                            return
+                        raise item
+                    batch.append(item)
+                if not self._drained.is_set():
+                    self._drained.set()
+                yield batch
         finally:
             self.cancel.set()
+            self._drained.set()
+
+    async def pieces(self):
+        """The pieces one by one (see `batches`)."""
+        try:
+            async for batch in self.batches():
+                for p in batch:
+                    yield p
+        finally:
+            self.cancel.set()
+            self._drained.set()
