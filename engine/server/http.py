@@ -79,13 +79,28 @@ class IdleTimeout:
         super().connection_lost(exc)
 
 
+class OffersDirectChunks:
+    """Mixed into uvicorn's httptools protocol: each request's scope carries the extension
+    "engine.direct_chunks", a callable that gives a streamed reply the socket for its generation
+    thread's chunks once its head is out (engine/server/direct_write.py), or None where that is not safe."""
+
+    def on_message_begin(self):
+        super().on_message_begin()
+        self.scope.setdefault("extensions", {})["engine.direct_chunks"] = self._direct_chunks
+
+    def _direct_chunks(self):
+        from .direct_write import DirectChunks
+
+        return DirectChunks.of(self)
+
+
 # uvicorn's two HTTP/1.1 implementations with the watchdog. httptools (C) is the default, as in uvicorn's
 # own "auto": every streamed token goes through the protocol's send on the event loop, whose Python holds
 # the GIL the compute thread needs between kernels; with httptools the event loop's CPU per token of a
 # lone stream measured 0.25-0.26 ms against h11's 0.28-0.30 (SmolLM2, 2 vCPUs).
 PROTOCOLS = {"h11": type("H11IdleTimeout", (IdleTimeout, H11Protocol), {})}
 if HttpToolsProtocol is not None:
-    PROTOCOLS["httptools"] = type("HttpToolsIdleTimeout", (IdleTimeout, HttpToolsProtocol), {})
+    PROTOCOLS["httptools"] = type("HttpToolsIdleTimeout", (IdleTimeout, OffersDirectChunks, HttpToolsProtocol), {})
 DEFAULT_PROTOCOL = "httptools" if "httptools" in PROTOCOLS else "h11"
 
 

@@ -7,13 +7,21 @@ stream crosses once a token, and on a 2-vCPU machine the event loop's Python for
 between two forward passes (the next pass waits for the GIL). The deque's append is atomic under the
 GIL; the worker then schedules `_wake` on the loop, which resolves the reader's future if it waits.
 The reader takes everything that arrived at once (`batches`), so a stream the loop fell behind on
-goes out in one write."""
+goes out in one write.
+
+A streamed reply may also let the worker write its pieces to the client itself (`go_direct`,
+engine/server/direct_write.py), skipping the loop altogether while the loop holds nothing of the
+reply: the loop says so before it waits (`_loop_idle`), the worker writes only then and under
+`_direct_lock`, and the loop takes that lock before anything it hands the reader itself (a timeout,
+the client gone) so that no write of the worker's can follow it."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
 import threading
+
+from .direct_write import Unwritten
 
 
 class Job:
@@ -36,6 +44,9 @@ class Job:
         self._drained = threading.Event()  # cleared by a worker waiting for room, set by the reader
         self._drained.set()
         self.loop = asyncio.get_running_loop()
+        self._direct_lock = threading.Lock()
+        self._chunks = self._render = None  # go_direct's, while the worker may write itself
+        self._direct_on = self._loop_idle = self._worker_done = False
 
     async def start(self):
         m = self.model
@@ -49,9 +60,45 @@ class Job:
 
     def put(self, item):
         """Hand the reader `item` from the event loop: a piece, or an exception it raises (a timeout,
-        the model's file changing)."""
+        the model's file changing, the client gone). The worker's own writes stop first."""
+        self._stop_direct()
         self._items.append(item)
         self._wake()
+
+    def go_direct(self, chunks, render):
+        """(event loop) From now on the worker writes each piece, formatted by `render`, through
+        `chunks` (a DirectChunks) itself whenever the loop holds nothing of the reply."""
+        with self._direct_lock:
+            if self._worker_done:
+                chunks.close()
+                return
+            self._chunks, self._render, self._direct_on = chunks, render, True
+
+    def _stop_direct(self):
+        if self._direct_on:
+            with self._direct_lock:  # (waits for a write in progress)
+                self._direct_on = False
+
+    def _write_direct(self, piece):
+        """(worker) `piece` written by this thread if the loop holds nothing of the reply: None when done
+        with (written, or nothing to write), else what to hand the loop (the piece, or the bytes of a
+        chunk the socket did not take at once: the rest of the reply then goes through the loop)."""
+        with self._direct_lock:
+            if not (self._direct_on and self._loop_idle and not self._items):
+                return piece
+            text = self._render(piece)
+            if not text:
+                return None
+            try:
+                rest = self._chunks.write(text.encode())
+            except OSError:  # the client is gone (its disconnect reaches the loop too)
+                self._direct_on = False
+                self.cancel.set()
+                return None
+            if not rest:
+                return None
+            self._direct_on = False
+            return Unwritten(rest)
 
     def _wake(self):
         w = self._waiter
@@ -85,8 +132,13 @@ class Job:
             for piece in it:
                 if self.cancel.is_set():
                     break
-                if self.final_only and piece.completion is None:
-                    continue
+                if piece.completion is None:
+                    if self.final_only:
+                        continue
+                    if self._direct_on:
+                        piece = self._write_direct(piece)
+                        if piece is None:
+                            continue
                 if not room():
                     break
                 put(piece)
@@ -98,6 +150,10 @@ class Job:
                     it.close()
                 except Exception:  # noqa: BLE001
                     pass
+            with self._direct_lock:
+                self._direct_on, self._worker_done = False, True
+                if self._chunks is not None:
+                    self._chunks.close()
             put(self._END)
 
             def release():
@@ -114,9 +170,11 @@ class Job:
             while True:
                 if not items:
                     self._waiter = self.loop.create_future()
+                    self._loop_idle = self._direct_on and self._chunks.idle()
                     try:
                         await self._waiter
                     finally:
+                        self._loop_idle = False
                         self._waiter = None
                     continue
                 batch = []
@@ -134,6 +192,7 @@ class Job:
                 yield batch
         finally:
             self.cancel.set()
+            self._stop_direct()
             self._drained.set()
 
     async def pieces(self):

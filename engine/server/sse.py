@@ -5,7 +5,10 @@ client's disconnect; each event then passes the generator, the task group's task
 the response itself takes each batch of pieces from the Job (engine/server/job.py), turns it into text
 with the endpoint's `render` (plain functions: the endpoint's state in their closure), and sends it in
 one write; one watcher task per reply waits for the disconnect. A lone stream's event loop does this
-once a token between two forward passes, on the CPUs the passes use."""
+once a token between two forward passes, on the CPUs the passes use -- unless the server offers the
+generation thread the socket itself (the scope extension "engine.direct_chunks", engine/server/
+direct_write.py): then, while nothing of the reply waits on the loop, the worker formats and writes
+each piece, and the loop sees only the end, or whatever the socket did not take at once."""
 
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ import asyncio
 from collections.abc import Callable
 
 from starlette.responses import Response
+
+from .direct_write import Unwritten
 
 DONE = "data: [DONE]\n\n"
 
@@ -43,9 +48,19 @@ class EventStream(Response):
             if self.opening:
                 await send({"type": "http.response.body", "body": self.opening.encode(), "more_body": True})
             render = self.render
+            offer = (scope or {}).get("extensions", {}).get("engine.direct_chunks")
+            chunks = offer() if offer is not None else None
+            if chunks is not None:
+                self.job.go_direct(chunks, render)
             try:
                 async for batch in self.job.batches():
-                    text = "".join([render(p) for p in batch])
+                    text = []
+                    for item in batch:
+                        if type(item) is Unwritten:  # the rest of a chunk the worker began, right after it
+                            chunks.write_rest(item.data)  # (the worker wrote it with nothing queued: it leads)
+                        else:
+                            text.append(render(item))
+                    text = "".join(text)
                     if text:
                         await send({"type": "http.response.body", "body": text.encode(), "more_body": True})
                 tail = self.finish()
