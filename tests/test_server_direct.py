@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from types import SimpleNamespace
+from unittest import mock
 
 from engine.engine import Completion, Piece
 from engine.generate import Timings
@@ -146,7 +147,7 @@ def test_a_slow_client_gets_every_byte_in_order_through_both_threads():
     assert loop_writes > 10
 
 
-def test_no_direct_writes_over_tls_or_without_chunks():
+def test_no_direct_writes_over_tls_without_chunks_or_descriptors():
     a, b = socket.socketpair()
     try:
         proto = _protocol(a)
@@ -163,6 +164,8 @@ def test_no_direct_writes_over_tls_or_without_chunks():
         chunks = DirectChunks.of(proto)
         assert chunks is not None and chunks.idle()
         chunks.close()
+        with mock.patch("os.dup", side_effect=OSError(24, "Too many open files")):
+            assert DirectChunks.of(proto) is None  # the reply then goes through the event loop
     finally:
         a.close()
         b.close()

@@ -49,7 +49,10 @@ class DirectChunks:
             return None
         if transport.get_extra_info("sslcontext") is not None or transport.get_extra_info("socket") is None:
             return None
-        chunks = cls(protocol)
+        try:
+            chunks = cls(protocol)
+        except OSError:  # (no descriptor left for the duplicate: the reply goes through the loop)
+            return None
         if os.get_blocking(chunks._fd):  # (a loop whose sockets block: a write could stall the worker)
             chunks.close()
             return None
