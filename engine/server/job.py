@@ -191,9 +191,14 @@ class Job:
                     self._drained.set()
                 yield batch
         finally:
-            self.cancel.set()
-            self._stop_direct()
-            self._drained.set()
+            self._reader_left()
+
+    def _reader_left(self):
+        """The reader is done (the end, an error, the client gone): the worker stops at its next piece,
+        writes nothing more itself, and waits for room no longer."""
+        self.cancel.set()
+        self._stop_direct()
+        self._drained.set()
 
     async def pieces(self):
         """The pieces one by one (see `batches`)."""
@@ -202,5 +207,4 @@ class Job:
                 for p in batch:
                     yield p
         finally:
-            self.cancel.set()
-            self._drained.set()
+            self._reader_left()  # (the inner generator is not closed when this one is)

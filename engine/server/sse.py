@@ -48,7 +48,7 @@ class EventStream(Response):
             if self.opening:
                 await send({"type": "http.response.body", "body": self.opening.encode(), "more_body": True})
             render = self.render
-            offer = (scope or {}).get("extensions", {}).get("engine.direct_chunks")
+            offer = ((scope or {}).get("extensions") or {}).get("engine.direct_chunks")
             chunks = offer() if offer is not None else None
             if chunks is not None:
                 self.job.go_direct(chunks, render)
